@@ -1,0 +1,1 @@
+"""Data: the synthetic set, COCO-format reading, and data-set validation."""
