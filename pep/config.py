@@ -120,17 +120,17 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
     """Rules that tie several keys together, which JSON Schema cannot say."""
     out: list[tuple[str, str]] = []
     levels = cfg["model"]["levels"]
-    n = len(levels["strides"])
+    n = len(levels["features"])
     for key in ("grids", "scale_ranges"):
         if len(levels[key]) != n:
             out.append((f"model.levels.{key}",
-                        f"has {len(levels[key])} entries but model.levels.strides has {n}: "
+                        f"has {len(levels[key])} entries but model.levels.features has {n}: "
                         "give one per level"))
     for i, (low, high) in enumerate(levels["scale_ranges"]):
         if low >= high:
             out.append((f"model.levels.scale_ranges[{i}]", f"expected low < high, got [{low}, {high}]"))
-    if sorted(levels["strides"]) != levels["strides"]:
-        out.append(("model.levels.strides", "must be in increasing order (finest level first)"))
+    if sorted(levels["features"]) != levels["features"]:
+        out.append(("model.levels.features", "must be in increasing order (finest level first)"))
     synth = cfg["data"]["synth"]
     for key in ("image_size", "crowds_per_image", "objects_per_crowd", "loners_per_image",
                 "object_size"):
@@ -152,10 +152,14 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
     late = [s for s in train["lr_steps"] if s >= train["epochs"]]
     if train["schedule"] == "step" and late:
         out.append(("train.lr_steps", f"steps {late} are not before the last epoch ({train['epochs']})"))
+    for name, variant in cfg["variants"].items():
+        if variant["dedup"] == "purify_merge" and not variant["purify"]:
+            out.append((f"variants.{name}.dedup", "purify_merge needs the purifying module: "
+                                                  f"set variants.{name}.purify to true"))
     head = cfg["model"]["head"]
     for key, channels in (("model.head.channels", head["channels"]),
                           ("model.fpn_channels", cfg["model"]["fpn_channels"]),
-                          ("model.mask.feature_channels", cfg["model"]["mask"]["feature_channels"])):
+                          ("model.descriptor_dim", cfg["model"]["descriptor_dim"])):
         if channels % head["norm_groups"]:
             out.append((key, f"{channels} channels cannot be split into "
                              f"model.head.norm_groups={head['norm_groups']} GroupNorm groups"))
@@ -207,6 +211,10 @@ def _describe(err: jsonschema.ValidationError, prefix: str = "") -> str:
     if kind == "required":
         missing = [k for k in err.validator_value if k not in value]
         return f"{where}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
+    if "propertyNames" in err.schema_path:  # a key (not a value) broke the rule
+        allowed = err.validator_value if kind == "enum" else None
+        return (f"{where}: unknown key {_show(value)}"
+                + (f" (expected one of: {', '.join(allowed)})" if allowed else f" ({err.message})"))
     if kind == "type":
         return f"{where}: expected {err.validator_value}, got {_show(value)}"
     if kind == "enum":
@@ -217,8 +225,6 @@ def _describe(err: jsonschema.ValidationError, prefix: str = "") -> str:
     if kind in ("minItems", "maxItems"):
         word = "at least" if kind == "minItems" else "at most"
         return f"{where}: expected {word} {err.validator_value} item(s), got {len(value)}"
-    if kind == "propertyNames":
-        return f"{where}: key {_show(value)} is not allowed here ({err.message})"
     return f"{where}: {err.message}"
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
@@ -161,12 +161,14 @@ class CocoInstances(Dataset):
     def read_image(self, image_id: int) -> torch.Tensor:
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
-        try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as exc:
+        try:  # EXIF orientation is ignored on purpose: COCO's annotations ignore it too
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
             what = "missing" if not path.exists() else f"unreadable ({exc})"
             raise PepError(f"{path}: image of image_id {image_id} in {self.annotation_file.name} "
                            f"is {what}") from None
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
         height, width = image.shape[-2:]
         if (info.get("height"), info.get("width")) != (height, width):
             raise PepError(f"{path}: image is {width}x{height} but {self.annotation_file.name} says "

@@ -146,7 +146,8 @@ def _place_objects(rng: np.random.Generator, cfg: dict, width: int, height: int)
         shape = SHAPES[cfg["classes"][cls]](rng)
         angle = rng.uniform(0, 2 * np.pi)
         rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        return _Object(cls, shape @ rot.T * (size / 2) + np.array([cx, cy]))
+        # rounded as it is written to JSON, so that the written polygon rasterizes to the mask
+        return _Object(cls, np.round(shape @ rot.T * (size / 2) + np.array([cx, cy]), 2))
 
     if rng.uniform() < cfg["crowd_region_prob"]:  # a heap of tiny shapes: one iscrowd=1 region
         cls = int(rng.integers(n_classes))
@@ -228,7 +229,7 @@ def render_image(rng: np.random.Generator, cfg: dict, width: int, height: int):
         inside = (obj.polygon >= 0).all() and (obj.polygon[:, 0] <= width).all() \
             and (obj.polygon[:, 1] <= height).all()
         if inside and (visible[i] == full[i]).all():
-            segmentation = [np.round(obj.polygon.reshape(-1), 2).tolist()]
+            segmentation = [obj.polygon.reshape(-1).tolist()]
         else:
             rle = mask_utils.encode(np.asfortranarray(visible[i].astype(np.uint8)))
             segmentation = {"counts": rle["counts"].decode("ascii"), "size": [height, width]}

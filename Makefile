@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   the whole default pipeline (dvc repro) on the embedded synthetic data set
+#   make test   the test suite
+# Both create the virtual environment .venv first when it is missing or out of date.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# Tools inside the venv (pep, dvc, snakemake, mlflow) must be found by the stages they run.
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MPLBACKEND := Agg
+
+.PHONY: demo test venv lock clean-venv
+
+demo: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else "Python 3.11 is required (found %d.%d at $(PYTHON)); set PYTHON=/path/to/python3.11" % v[:2])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# After editing requirements.txt: rebuild the venv from it, then pin what it resolved to.
+lock:
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	{ echo "# Every package of a working environment, for 'pip install -c requirements.lock'."; \
+	  echo "# Regenerate with 'make lock' after changing requirements.txt."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)
