@@ -1,0 +1,129 @@
+"""The whole of Fig. 2: feature extractor -> perceiving -> excavating -> purifying -> masks.
+
+`build_model(cfg, variant, category_ids)` makes any of the four ablation variants; a module a
+variant turns off is not built, so it costs nothing and holds no parameters that never train.
+
+Training: `model(images, targets)` returns a dict of losses (Eq. 8 is their sum).
+Inference: `model(images, targets)` in eval mode returns, per image, `masks` (K, H0, W0) bool
+at the original size, `labels` (contiguous), `category_ids` (the data set's ids) and `scores`,
+K <= max_detections, best first. Targets then only need `size` and `orig_size`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pep.model.backbone import FeatureExtractor
+from pep.model.descriptors import Descriptors
+from pep.model.excavate import ObjectExcavating
+from pep.model.mask import MASK_STRIDE, MaskLearning, downsample_masks
+from pep.model.perceive import SemanticsPerceiving
+from pep.model.postprocess import masks_to_image, matrix_nms
+from pep.model.purify import InstancePurifying
+
+
+class PEP(nn.Module):
+    def __init__(self, model_cfg: dict, variant_cfg: dict, category_ids: list[int], variant: str = ""):
+        super().__init__()
+        m = model_cfg
+        self.cfg = m
+        self.variant = variant
+        self.variant_cfg = dict(variant_cfg)
+        self.num_classes = len(category_ids)
+        self.register_buffer("category_ids", torch.tensor(category_ids, dtype=torch.int64), persistent=True)
+        head, levels, d = m["head"], m["levels"], m["descriptor_dim"]
+        bb = m["backbone"]
+        self.features = FeatureExtractor(bb["depth"], bb["pretrained"], bb["trainable_layers"], bb["norm"],
+                                         m["fpn_channels"], levels["features"])
+        self.perceive = SemanticsPerceiving(m["fpn_channels"], self.num_classes, levels["grids"],
+                                            levels["scale_ranges"], head["channels"], head["convs"],
+                                            head["norm_groups"], d, m["perceive"])
+        self.excavate = ObjectExcavating(m["fpn_channels"], d, head["channels"], head["norm_groups"],
+                                         self.num_classes, levels["grids"], m["excavate"]) \
+            if variant_cfg["excavate"] else None
+        self.purify = InstancePurifying(d, m["purify"]["embed_dim"], m["purify"]) \
+            if variant_cfg["purify"] else None
+        self.mask = MaskLearning(m["fpn_channels"], d, head["norm_groups"], m["mask"]["dice_eps"])
+
+    def forward(self, images: torch.Tensor, targets: list[dict]):
+        fpn = self.features(images)
+        grid_feats, logits, desc_maps = self.perceive(self.features.level_features(fpn))
+        feature = self.mask.general_feature(fpn)
+        if self.training:
+            return self._losses(images, targets, grid_feats, logits, desc_maps, feature)
+        return self._predict(targets, grid_feats, logits, desc_maps, feature)
+
+    # --- training ---
+
+    def _losses(self, images, targets, grid_feats, logits, desc_maps, feature) -> dict[str, torch.Tensor]:
+        size = tuple(images.shape[-2:])
+        level_targets = [self.perceive.targets(t, size) for t in targets]
+        losses = {"loss_sem": self.perceive.loss(logits, level_targets)}
+        originals = self.perceive.select_training(desc_maps, logits, level_targets)
+        parts = [originals]
+        if self.excavate is not None:
+            mined, loss_centre, loss_class = self.excavate.training_step(
+                grid_feats, originals, level_targets, [t["labels"] for t in targets])
+            parts.append(mined)
+            losses["loss_exc"] = self.cfg["excavate"]["loss_weight"] * loss_centre
+            losses["loss_exc_cls"] = self.cfg["excavate"]["cls_loss_weight"] * loss_class
+        descriptors = Descriptors.cat(parts)
+        if self.purify is not None:
+            losses["loss_pur"] = self.cfg["purify"]["loss_weight"] * self.purify.loss(descriptors)
+        gt_masks = [downsample_masks(t["masks"]) for t in targets]
+        losses["loss_mask"] = self.cfg["mask"]["loss_weight"] * self.mask.loss(feature, descriptors, gt_masks)
+        return losses
+
+    # --- inference ---
+
+    @torch.no_grad()
+    def _predict(self, targets, grid_feats, logits, desc_maps, feature) -> list[dict]:
+        originals = self.perceive.select_inference(desc_maps, logits)
+        parts = [originals]
+        if self.excavate is not None and len(originals):
+            parts.append(self.excavate.mine(grid_feats, originals))
+        descriptors = Descriptors.cat(parts)
+        return [self._predict_image(b, descriptors.select(descriptors.image == b), feature, t)
+                for b, t in enumerate(targets)]
+
+    def _predict_image(self, b: int, d: Descriptors, feature: torch.Tensor, target: dict) -> dict:
+        inf = self.cfg["inference"]
+        if self.variant_cfg["dedup"] == "purify_merge" and len(d):
+            d = self.purify.merge(d)
+        h = -(-target["size"][0] // MASK_STRIDE)
+        w = -(-target["size"][1] // MASK_STRIDE)
+        probs = MaskLearning.mask_logits(feature, d).sigmoid()
+        probs = probs.clone()
+        probs[:, h:, :] = 0  # nothing of an instance lies in the batch's padding
+        probs[:, :, w:] = 0
+        binary = probs > inf["mask_threshold"]
+        area = binary.flatten(1).sum(1)
+        keep = area > inf["min_mask_pixels"]
+        probs, binary, area, d = probs[keep], binary[keep], area[keep], d.select(keep)
+        maskness = (probs * binary).flatten(1).sum(1) / area.clamp(min=1)
+        scores = d.scores * maskness
+        order = torch.argsort(scores, descending=True)
+        if self.variant_cfg["dedup"] == "matrix_nms":
+            order = order[: inf["matrix_nms"]["pre_nms_top_k"]]
+            scores = matrix_nms(binary[order], d.labels[order], scores[order],
+                                inf["matrix_nms"]["kernel"], inf["matrix_nms"]["sigma"])
+        else:
+            scores = scores[order]
+        keep = scores >= inf["score_threshold"]
+        order, scores = order[keep], scores[keep]
+        top = torch.argsort(scores, descending=True)[: inf["max_detections"]]
+        order, scores = order[top], scores[top]
+        masks = masks_to_image(probs[order], target["size"], target["orig_size"], MASK_STRIDE,
+                               inf["mask_threshold"])
+        labels = d.labels[order]
+        return {"masks": masks, "labels": labels, "category_ids": self.category_ids[labels],
+                "scores": scores, "mined": d.mined[order]}
+
+
+def build_model(cfg: dict, variant: str, category_ids: list[int]) -> PEP:
+    """One of the four ablation variants, as params.yaml describes it."""
+    if variant not in cfg["variants"]:
+        from pep.errors import PepError
+        raise PepError(f"unknown variant '{variant}' (expected one of: {', '.join(cfg['variants'])})")
+    return PEP(cfg["model"], cfg["variants"][variant], category_ids, variant=variant)

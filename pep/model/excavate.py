@@ -1,0 +1,216 @@
+"""Object excavating (Fig. 2, "excavating"; Eq. 3-4).
+
+Each original descriptor looks at the (2r+1)^2 window of its level's grid feature around its
+cell and predicts (a) a map of the centres of *other* instances in that window (Eq. 3) and (b)
+a class at each such key pixel (Eq. 4). For every key pixel a new descriptor is made from the
+original one with the key pixel's coordinates appended and passed through a small MLP: the 1x1
+reading of the paper's "copy + CoordConv + conv".
+
+Input of the window head: the window's features, the descriptor broadcast over the window and
+the window's relative coordinates (CondInst style). Concatenation followed by a 1x1 conv equals
+the sum of three 1x1 projections, which is what is computed (no (C + D + 2)-channel tensor).
+
+Training uses teacher forcing: key pixels are the true centres of other instances, plus a few
+predicted false peaks as background. Inference takes predicted peaks above `key_threshold`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import sigmoid_focal_loss
+
+from pep.model.descriptors import Descriptors
+from pep.model.layers import conv_tower, init_conv_weights
+from pep.model.perceive import PRIOR_PROB, LevelTargets
+
+
+class ObjectExcavating(nn.Module):
+    def __init__(self, in_channels: int, descriptor_dim: int, channels: int, norm_groups: int,
+                 num_classes: int, grids: list[int], cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.radius = r = cfg["window_radius"]
+        self.num_classes = num_classes
+        self.grids = list(grids)
+        self.window_proj = nn.Conv2d(in_channels, channels, 1)
+        self.descriptor_proj = nn.Linear(descriptor_dim, channels, bias=False)
+        self.coord_proj = nn.Conv2d(2, channels, 1, bias=False)
+        self.fuse_norm = nn.Sequential(nn.GroupNorm(min(norm_groups, channels), channels), nn.ReLU(inplace=True))
+        self.tower = conv_tower(channels, channels, cfg["convs"] - 1, norm_groups)
+        self.centre_out = nn.Conv2d(channels, 1, 3, padding=1)
+        self.class_out = nn.Conv2d(channels, num_classes + 1, 3, padding=1)  # + background
+        # new descriptor = original + MLP([original, key pixel's absolute (x, y), relative (dx, dy)])
+        self.make_descriptor = nn.Sequential(nn.Linear(descriptor_dim + 4, descriptor_dim), nn.ReLU(inplace=True),
+                                             nn.Linear(descriptor_dim, descriptor_dim))
+        init_conv_weights(self)
+        nn.init.constant_(self.centre_out.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
+        # the MLP learns a residual on the copied descriptor: it starts as an exact copy
+        self.make_descriptor[0].reset_parameters()
+        nn.init.zeros_(self.make_descriptor[2].weight)
+        k = 2 * r + 1
+        off = torch.arange(k) - r
+        rel = torch.stack(torch.meshgrid(off, off, indexing="ij"))  # (2, K, K): dy, dx
+        self.register_buffer("offsets", rel, persistent=False)
+        self.register_buffer("rel_coords", torch.stack([rel[1], rel[0]]).float() / r, persistent=False)
+
+    def forward(self, grid_feats: list[torch.Tensor], originals: Descriptors):
+        """-> centre logits (N, K, K), class logits (N, C + 1, K, K), valid (N, K, K) bool."""
+        windows, valid = self._windows(grid_feats, originals)
+        x = self.window_proj(windows) + self.descriptor_proj(originals.kernels)[:, :, None, None] \
+            + self.coord_proj(self.rel_coords[None].to(windows.dtype))
+        x = self.tower(self.fuse_norm(x))
+        return self.centre_out(x)[:, 0], self.class_out(x), valid
+
+    def _windows(self, grid_feats: list[torch.Tensor], d: Descriptors):
+        r, k = self.radius, 2 * self.radius + 1
+        channels = grid_feats[0].shape[1]
+        out = grid_feats[0].new_zeros((len(d), channels, k, k))
+        ys = d.cell_y[:, None] + self.offsets[0].reshape(1, -1)  # (N, K*K) unpadded coords
+        xs = d.cell_x[:, None] + self.offsets[1].reshape(1, -1)
+        sizes = torch.tensor(self.grids, device=d.level.device)[d.level][:, None]
+        valid = (ys >= 0) & (ys < sizes) & (xs >= 0) & (xs < sizes)
+        for l, feat in enumerate(grid_feats):
+            rows = torch.nonzero(d.level == l).squeeze(1)
+            if len(rows) == 0:
+                continue
+            padded = F.pad(feat, (r, r, r, r)).permute(0, 2, 3, 1)  # (B, S+2r, S+2r, C)
+            picked = padded[d.image[rows, None], ys[rows] + r, xs[rows] + r]  # (n, K*K, C)
+            out[rows] = picked.transpose(1, 2).reshape(len(rows), channels, k, k)
+        return out, valid.view(-1, k, k)
+
+    # --- training ---
+
+    def training_step(self, grid_feats, originals: Descriptors, level_targets: list[LevelTargets],
+                      gt_labels: list[torch.Tensor]):
+        """Losses (centre map, key-pixel class) and the mined descriptors (teacher forcing)."""
+        centre_logits, class_logits, valid = self(grid_feats, originals)
+        target, key_gt = self._centre_targets(originals, level_targets, centre_logits.shape[-1])
+        positive = target > 0
+        num_pos = max(int(positive.sum()), 1)
+        if self.cfg["loss"] == "focal":
+            loss_centre = sigmoid_focal_loss(centre_logits[valid], target[valid], reduction="sum") / num_pos
+        else:
+            loss_centre = F.binary_cross_entropy_with_logits(centre_logits[valid], target[valid])
+
+        # key pixels: true centres (class = their instance's) + the strongest false peaks (background)
+        key_n, key_y, key_x = torch.nonzero(positive, as_tuple=True)
+        key_g = key_gt[key_n, key_y, key_x]
+        key_label = torch.stack([gt_labels[b][g] for b, g in
+                                 zip(originals.image[key_n].tolist(), key_g.tolist())]) \
+            if len(key_n) else key_g.new_zeros(0)
+        cap = self.cfg["max_mined_per_image"]
+        keep = _cap_per_image(originals.image[key_n], cap)
+        key_n, key_y, key_x, key_g, key_label = (t[keep] for t in (key_n, key_y, key_x, key_g, key_label))
+        false_n, false_y, false_x = self._false_peaks(centre_logits.detach(), positive | ~valid, originals.image)
+        all_n = torch.cat([key_n, false_n])
+        all_y, all_x = torch.cat([key_y, false_y]), torch.cat([key_x, false_x])
+        cls_target = torch.cat([key_label, torch.full_like(false_n, self.num_classes)])
+        cls_logits = class_logits[all_n, :, all_y, all_x]
+        loss_class = F.cross_entropy(cls_logits.float(), cls_target) if len(all_n) else class_logits.sum() * 0
+
+        mined = self._mine(originals, all_n, all_y, all_x,
+                           labels=torch.cat([key_label, torch.full_like(false_n, -1)]),
+                           scores=torch.zeros(len(all_n), device=centre_logits.device),
+                           gt_index=torch.cat([key_g, torch.full_like(false_n, -1)]))
+        return mined, loss_centre, loss_class
+
+    @torch.no_grad()
+    def _centre_targets(self, d: Descriptors, level_targets: list[LevelTargets], k: int):
+        """1 at the window cell of every *other* instance's centre on the descriptor's level."""
+        r = self.radius
+        target = torch.zeros((len(d), k, k), device=d.kernels.device)
+        key_gt = torch.full((len(d), k, k), -1, dtype=torch.int64, device=d.kernels.device)
+        for b, t in enumerate(level_targets):
+            rows = torch.nonzero(d.image == b).squeeze(1)
+            if len(rows) == 0 or len(t.centres) == 0:
+                continue
+            c = t.centres[:, d.level[rows]]  # (G, n, 2): each instance's centre on each row's level
+            dy = c[..., 0] - d.cell_y[rows][None]
+            dx = c[..., 1] - d.cell_x[rows][None]
+            g_ids = torch.arange(len(t.centres), device=c.device)[:, None]
+            hit = (c[..., 0] >= 0) & (dy.abs() <= r) & (dx.abs() <= r) & (g_ids != d.gt_index[rows][None])
+            g, n = torch.nonzero(hit, as_tuple=True)
+            target[rows[n], dy[g, n] + r, dx[g, n] + r] = 1
+            key_gt[rows[n], dy[g, n] + r, dx[g, n] + r] = g
+        return target, key_gt
+
+    def _false_peaks(self, centre_logits, excluded, image):
+        """Per image, the `false_peaks_per_image` most confident cells that are no centre."""
+        n_false = self.cfg["false_peaks_per_image"]
+        empty = centre_logits.new_zeros(0, dtype=torch.int64)
+        if n_false == 0 or len(centre_logits) == 0:
+            return empty, empty, empty
+        scores = centre_logits.masked_fill(excluded, float("-inf")).flatten(1)  # (N, K*K)
+        k = centre_logits.shape[-1]
+        picks = []
+        for b in image.unique().tolist():
+            rows = torch.nonzero(image == b).squeeze(1)
+            flat = scores[rows].reshape(-1)
+            top = torch.topk(flat, min(n_false, int(torch.isfinite(flat).sum()))).indices
+            picks.append(torch.stack([rows[top // (k * k)], (top % (k * k)) // k, top % k]))
+        if not picks:
+            return empty, empty, empty
+        n, y, x = torch.cat(picks, 1)
+        return n, y, x
+
+    # --- inference ---
+
+    @torch.no_grad()
+    def mine(self, grid_feats, originals: Descriptors) -> Descriptors:
+        """Predicted key pixels of the best `max_originals` originals per image."""
+        keep = _top_per_image(originals.scores, originals.image, self.cfg["max_originals"])
+        src = originals.select(keep)
+        if len(src) == 0:
+            return Descriptors.empty(originals.kernels.shape[1], originals.kernels.device, originals.kernels.dtype)
+        centre_logits, class_logits, valid = self(grid_feats, src)
+        r, k = self.radius, centre_logits.shape[-1]
+        prob = centre_logits.sigmoid().masked_fill(~valid, 0)
+        prob[:, r, r] = 0  # the original's own cell is its own instance
+        top = torch.topk(prob.flatten(1), min(self.cfg["top_k"], k * k))
+        n = torch.arange(len(src), device=prob.device)[:, None].expand_as(top.indices).reshape(-1)
+        flat, value = top.indices.reshape(-1), top.values.reshape(-1)
+        ok = value > self.cfg["key_threshold"]
+        n, flat, value = n[ok], flat[ok], value[ok]
+        y, x = flat // k, flat % k
+        cls_prob = class_logits[n, :, y, x].softmax(-1)[:, : self.num_classes]
+        cls_score, label = cls_prob.max(-1)
+        return self._mine(src, n, y, x, labels=label, scores=value * cls_score,
+                          gt_index=torch.full_like(n, -1))
+
+    def _mine(self, src: Descriptors, n, y, x, labels, scores, gt_index) -> Descriptors:
+        """New descriptors at window cells (y, x) of originals n."""
+        r = self.radius
+        dy, dx = y - r, x - r
+        cell_y, cell_x = src.cell_y[n] + dy, src.cell_x[n] + dx
+        size = torch.tensor(self.grids, device=n.device, dtype=torch.float32)[src.level[n]]
+        absolute = torch.stack([cell_x / (size - 1).clamp(min=1), cell_y / (size - 1).clamp(min=1)], 1) * 2 - 1
+        relative = torch.stack([dx, dy], 1).float() / r
+        inputs = torch.cat([src.kernels[n], absolute.to(src.kernels.dtype), relative.to(src.kernels.dtype)], 1)
+        kernels = src.kernels[n] + self.make_descriptor(inputs)
+        return Descriptors(kernels=kernels, image=src.image[n], level=src.level[n],
+                           cell_y=cell_y, cell_x=cell_x, labels=labels, scores=scores, gt_index=gt_index,
+                           mined=torch.ones(len(n), dtype=torch.bool, device=n.device))
+
+
+def _top_per_image(scores: torch.Tensor, image: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k best-scored rows of each image."""
+    keep = []
+    for b in image.unique().tolist():
+        rows = torch.nonzero(image == b).squeeze(1)
+        keep.append(rows[torch.topk(scores[rows], min(k, len(rows))).indices])
+    return torch.cat(keep) if keep else image.new_zeros(0)
+
+
+def _cap_per_image(image: torch.Tensor, cap: int) -> torch.Tensor:
+    """A random subset of at most `cap` rows per image (all rows when fewer)."""
+    keep = []
+    for b in image.unique().tolist():
+        rows = torch.nonzero(image == b).squeeze(1)
+        if len(rows) > cap:
+            rows = rows[torch.randperm(len(rows), device=rows.device)[:cap]]
+        keep.append(rows)
+    return torch.cat(keep) if keep else image.new_zeros(0)

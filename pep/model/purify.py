@@ -1,0 +1,84 @@
+"""Instance purifying (Fig. 2, "purifying"; Eq. 5).
+
+All descriptors of an image, original and mined, form a graph. Each is embedded,
+z_i = normalize(MLP(I_i)), and the similarity of two is M_ij = sigmoid(a <z_i, z_j> + b) with
+a and b learned. Training pushes M towards G_ij = 1 iff i and j belong to the same ground-truth
+instance (background descriptors match nothing), with a BCE balanced between the two kinds of
+pairs. At inference, descriptors are grouped greedily by score: each seed takes the
+unassigned descriptors of its class whose similarity exceeds `merge_threshold`; a group yields
+one descriptor. This replaces Matrix NMS for the `purify` and `pep` variants.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pep.model.descriptors import Descriptors
+
+
+class InstancePurifying(nn.Module):
+    def __init__(self, descriptor_dim: int, embed_dim: int, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Sequential(nn.Linear(descriptor_dim, embed_dim), nn.ReLU(inplace=True),
+                                   nn.Linear(embed_dim, embed_dim))
+        # M = sigmoid(a cos + b): start at 0.5 for cos = 0.5, steep enough to separate
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.bias = nn.Parameter(torch.tensor(-5.0))
+
+    def similarity_logits(self, kernels: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(self.embed(kernels), dim=-1)
+        return self.scale * (z @ z.T) + self.bias
+
+    def loss(self, descriptors: Descriptors) -> torch.Tensor:
+        """Balanced BCE over the off-diagonal pairs of each image, averaged over images."""
+        losses = []
+        for b in descriptors.image.unique().tolist():
+            d = descriptors.select(descriptors.image == b)
+            if len(d) < 2:
+                continue
+            logits = self.similarity_logits(d.kernels).float()
+            gt = d.gt_index
+            same = (gt[:, None] == gt[None, :]) & (gt[:, None] >= 0)
+            off_diag = ~torch.eye(len(d), dtype=torch.bool, device=logits.device)
+            bce = F.binary_cross_entropy_with_logits(logits, same.float(), reduction="none")
+            pos, neg = same & off_diag, ~same & off_diag
+            terms = [bce[m].mean() for m in (pos, neg) if m.any()]
+            losses.append(sum(terms) / len(terms))
+        if not losses:
+            return sum(p.sum() for p in self.parameters()) * 0  # keeps the graph for DDP
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def merge(self, d: Descriptors) -> Descriptors:
+        """Greedy grouping of one image's descriptors; returns one descriptor per group."""
+        if len(d) <= 1:
+            return d
+        order = torch.argsort(d.scores, descending=True)
+        d = d.select(order)
+        similar = self.similarity_logits(d.kernels).sigmoid() > self.cfg["merge_threshold"]
+        similar &= d.labels[:, None] == d.labels[None, :]
+        similar = similar.cpu().numpy()
+        unassigned = [True] * len(d)
+        seeds, groups = [], []
+        for i in range(len(d)):
+            if not unassigned[i]:
+                continue
+            members = [j for j in similar[i].nonzero()[0].tolist() if unassigned[j]]
+            if i not in members:
+                members.append(i)
+            for j in members:
+                unassigned[j] = False
+            seeds.append(i)
+            groups.append(members)
+        kept = d.select(torch.tensor(seeds, device=d.kernels.device))
+        if self.cfg["merge_rule"] == "weighted_mean":
+            kernels = []
+            for members in groups:
+                idx = torch.tensor(members, device=d.kernels.device)
+                w = d.scores[idx] / d.scores[idx].sum().clamp(min=1e-12)
+                kernels.append((w[:, None] * d.kernels[idx]).sum(0))
+            kept.kernels = torch.stack(kernels)
+        return kept
