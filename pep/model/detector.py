@@ -39,8 +39,8 @@ class PEP(nn.Module):
         self.perceive = SemanticsPerceiving(m["fpn_channels"], self.num_classes, levels["grids"],
                                             levels["scale_ranges"], head["channels"], head["convs"],
                                             head["norm_groups"], d, m["perceive"])
-        self.excavate = ObjectExcavating(m["fpn_channels"], d, head["channels"], head["norm_groups"],
-                                         self.num_classes, levels["grids"], m["excavate"]) \
+        self.excavate = ObjectExcavating(head["channels"], d, head["channels"], self.num_classes,
+                                         levels["grids"], m["excavate"]) \
             if variant_cfg["excavate"] else None
         self.purify = InstancePurifying(d, m["purify"]["embed_dim"], m["purify"]) \
             if variant_cfg["purify"] else None
@@ -48,41 +48,44 @@ class PEP(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: list[dict]):
         fpn = self.features(images)
-        grid_feats, logits, desc_maps = self.perceive(self.features.level_features(fpn))
+        context, logits, desc_maps = self.perceive(self.features.level_features(fpn))
         feature = self.mask.general_feature(fpn)
         if self.training:
-            return self._losses(images, targets, grid_feats, logits, desc_maps, feature)
-        return self._predict(targets, grid_feats, logits, desc_maps, feature)
+            return self._losses(images, targets, context, logits, desc_maps, feature)
+        return self._predict(targets, context, logits, desc_maps, feature)
 
     # --- training ---
 
-    def _losses(self, images, targets, grid_feats, logits, desc_maps, feature) -> dict[str, torch.Tensor]:
+    def _losses(self, images, targets, context, logits, desc_maps, feature) -> dict[str, torch.Tensor]:
         size = tuple(images.shape[-2:])
-        level_targets = [self.perceive.targets(t, size) for t in targets]
+        level_targets = self.perceive.targets(targets, size)
+        counts = torch.tensor([len(t["labels"]) for t in targets], device=images.device)
+        gt_offsets = counts.cumsum(0) - counts  # image b's instances start here in the flat lists
         losses = {"loss_sem": self.perceive.loss(logits, level_targets)}
         originals = self.perceive.select_training(desc_maps, logits, level_targets)
         parts = [originals]
         if self.excavate is not None:
             mined, loss_centre, loss_class = self.excavate.training_step(
-                grid_feats, originals, level_targets, [t["labels"] for t in targets])
+                context, originals, level_targets, torch.cat([t["labels"] for t in targets]), gt_offsets)
             parts.append(mined)
             losses["loss_exc"] = self.cfg["excavate"]["loss_weight"] * loss_centre
             losses["loss_exc_cls"] = self.cfg["excavate"]["cls_loss_weight"] * loss_class
         descriptors = Descriptors.cat(parts)
         if self.purify is not None:
             losses["loss_pur"] = self.cfg["purify"]["loss_weight"] * self.purify.loss(descriptors)
-        gt_masks = [downsample_masks(t["masks"]) for t in targets]
-        losses["loss_mask"] = self.cfg["mask"]["loss_weight"] * self.mask.loss(feature, descriptors, gt_masks)
+        gt_masks = downsample_masks(torch.cat([t["masks"] for t in targets]))
+        losses["loss_mask"] = self.cfg["mask"]["loss_weight"] * self.mask.loss(feature, descriptors, gt_masks,
+                                                                                gt_offsets)
         return losses
 
     # --- inference ---
 
     @torch.no_grad()
-    def _predict(self, targets, grid_feats, logits, desc_maps, feature) -> list[dict]:
+    def _predict(self, targets, context, logits, desc_maps, feature) -> list[dict]:
         originals = self.perceive.select_inference(desc_maps, logits)
         parts = [originals]
         if self.excavate is not None and len(originals):
-            parts.append(self.excavate.mine(grid_feats, originals))
+            parts.append(self.excavate.mine(context, originals))
         descriptors = Descriptors.cat(parts)
         return [self._predict_image(b, descriptors.select(descriptors.image == b), feature, t)
                 for b, t in enumerate(targets)]

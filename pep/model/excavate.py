@@ -6,9 +6,11 @@ a class at each such key pixel (Eq. 4). For every key pixel a new descriptor is 
 original one with the key pixel's coordinates appended and passed through a small MLP: the 1x1
 reading of the paper's "copy + CoordConv + conv".
 
-Input of the window head: the window's features, the descriptor broadcast over the window and
-the window's relative coordinates (CondInst style). Concatenation followed by a 1x1 conv equals
-the sum of three 1x1 projections, which is what is computed (no (C + D + 2)-channel tensor).
+The window is read from the *semantic context* of perceiving (its category tower's output on
+the level's grid), which already says what lies where; each original descriptor adds a
+projection of itself and of the window's relative coordinates (a concatenation followed by a
+1x1 conv is exactly this sum), and 1x1 convs predict the two maps (CondInst style). All
+per-window work is 1x1, so excavating stays cheap however many originals there are.
 
 Training uses teacher forcing: key pixels are the true centres of other instances, plus a few
 predicted false peaks as background. Inference takes predicted peaks above `key_threshold`.
@@ -24,12 +26,12 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from pep.model.descriptors import Descriptors
-from pep.model.layers import conv_tower, init_conv_weights
+from pep.model.layers import init_conv_weights
 from pep.model.perceive import PRIOR_PROB, LevelTargets
 
 
 class ObjectExcavating(nn.Module):
-    def __init__(self, in_channels: int, descriptor_dim: int, channels: int, norm_groups: int,
+    def __init__(self, in_channels: int, descriptor_dim: int, channels: int,
                  num_classes: int, grids: list[int], cfg: dict):
         super().__init__()
         self.cfg = cfg
@@ -39,10 +41,12 @@ class ObjectExcavating(nn.Module):
         self.window_proj = nn.Conv2d(in_channels, channels, 1)
         self.descriptor_proj = nn.Linear(descriptor_dim, channels, bias=False)
         self.coord_proj = nn.Conv2d(2, channels, 1, bias=False)
-        self.fuse_norm = nn.Sequential(nn.GroupNorm(min(norm_groups, channels), channels), nn.ReLU(inplace=True))
-        self.tower = conv_tower(channels, channels, cfg["convs"] - 1, norm_groups)
-        self.centre_out = nn.Conv2d(channels, 1, 3, padding=1)
-        self.class_out = nn.Conv2d(channels, num_classes + 1, 3, padding=1)  # + background
+        hidden: list[nn.Module] = [nn.ReLU(inplace=True)]
+        for _ in range(cfg["convs"] - 1):
+            hidden += [nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True)]
+        self.hidden = nn.Sequential(*hidden)
+        self.centre_out = nn.Conv2d(channels, 1, 1)
+        self.class_out = nn.Conv2d(channels, num_classes + 1, 1)  # + background
         # new descriptor = original + MLP([original, key pixel's absolute (x, y), relative (dx, dy)])
         self.make_descriptor = nn.Sequential(nn.Linear(descriptor_dim + 4, descriptor_dim), nn.ReLU(inplace=True),
                                              nn.Linear(descriptor_dim, descriptor_dim))
@@ -57,23 +61,25 @@ class ObjectExcavating(nn.Module):
         self.register_buffer("offsets", rel, persistent=False)
         self.register_buffer("rel_coords", torch.stack([rel[1], rel[0]]).float() / r, persistent=False)
 
-    def forward(self, grid_feats: list[torch.Tensor], originals: Descriptors):
-        """-> centre logits (N, K, K), class logits (N, C + 1, K, K), valid (N, K, K) bool."""
-        windows, valid = self._windows(grid_feats, originals)
-        x = self.window_proj(windows) + self.descriptor_proj(originals.kernels)[:, :, None, None] \
+    def forward(self, context: list[torch.Tensor], originals: Descriptors):
+        """context: perceiving's [(B, channels, S, S)] per level.
+        -> centre logits (N, K, K), class logits (N, C + 1, K, K), valid (N, K, K) bool."""
+        # the 1x1 projection commutes with cutting windows: run it once per grid, not per window
+        windows, valid = self._windows([self.window_proj(c) for c in context], originals)
+        x = windows + self.descriptor_proj(originals.kernels)[:, :, None, None] \
             + self.coord_proj(self.rel_coords[None].to(windows.dtype))
-        x = self.tower(self.fuse_norm(x))
+        x = self.hidden(x)
         return self.centre_out(x)[:, 0], self.class_out(x), valid
 
-    def _windows(self, grid_feats: list[torch.Tensor], d: Descriptors):
+    def _windows(self, context: list[torch.Tensor], d: Descriptors):
         r, k = self.radius, 2 * self.radius + 1
-        channels = grid_feats[0].shape[1]
-        out = grid_feats[0].new_zeros((len(d), channels, k, k))
+        channels = context[0].shape[1]
+        out = context[0].new_zeros((len(d), channels, k, k))
         ys = d.cell_y[:, None] + self.offsets[0].reshape(1, -1)  # (N, K*K) unpadded coords
         xs = d.cell_x[:, None] + self.offsets[1].reshape(1, -1)
         sizes = torch.tensor(self.grids, device=d.level.device)[d.level][:, None]
         valid = (ys >= 0) & (ys < sizes) & (xs >= 0) & (xs < sizes)
-        for l, feat in enumerate(grid_feats):
+        for l, feat in enumerate(context):
             rows = torch.nonzero(d.level == l).squeeze(1)
             if len(rows) == 0:
                 continue
@@ -84,10 +90,11 @@ class ObjectExcavating(nn.Module):
 
     # --- training ---
 
-    def training_step(self, grid_feats, originals: Descriptors, level_targets: list[LevelTargets],
-                      gt_labels: list[torch.Tensor]):
-        """Losses (centre map, key-pixel class) and the mined descriptors (teacher forcing)."""
-        centre_logits, class_logits, valid = self(grid_feats, originals)
+    def training_step(self, context, originals: Descriptors, level_targets: list[LevelTargets],
+                      gt_labels: torch.Tensor, gt_offsets: torch.Tensor):
+        """Losses (centre map, key-pixel class) and the mined descriptors (teacher forcing).
+        `gt_labels` are all images' instance labels concatenated, image b's from `gt_offsets[b]`."""
+        centre_logits, class_logits, valid = self(context, originals)
         target, key_gt = self._centre_targets(originals, level_targets, centre_logits.shape[-1])
         positive = target > 0
         num_pos = max(int(positive.sum()), 1)
@@ -99,9 +106,7 @@ class ObjectExcavating(nn.Module):
         # key pixels: true centres (class = their instance's) + the strongest false peaks (background)
         key_n, key_y, key_x = torch.nonzero(positive, as_tuple=True)
         key_g = key_gt[key_n, key_y, key_x]
-        key_label = torch.stack([gt_labels[b][g] for b, g in
-                                 zip(originals.image[key_n].tolist(), key_g.tolist())]) \
-            if len(key_n) else key_g.new_zeros(0)
+        key_label = gt_labels[gt_offsets[originals.image[key_n]] + key_g]
         cap = self.cfg["max_mined_per_image"]
         keep = _cap_per_image(originals.image[key_n], cap)
         key_n, key_y, key_x, key_g, key_label = (t[keep] for t in (key_n, key_y, key_x, key_g, key_label))
@@ -160,13 +165,13 @@ class ObjectExcavating(nn.Module):
     # --- inference ---
 
     @torch.no_grad()
-    def mine(self, grid_feats, originals: Descriptors) -> Descriptors:
+    def mine(self, context, originals: Descriptors) -> Descriptors:
         """Predicted key pixels of the best `max_originals` originals per image."""
         keep = _top_per_image(originals.scores, originals.image, self.cfg["max_originals"])
         src = originals.select(keep)
         if len(src) == 0:
             return Descriptors.empty(originals.kernels.shape[1], originals.kernels.device, originals.kernels.dtype)
-        centre_logits, class_logits, valid = self(grid_feats, src)
+        centre_logits, class_logits, valid = self(context, src)
         r, k = self.radius, centre_logits.shape[-1]
         prob = centre_logits.sigmoid().masked_fill(~valid, 0)
         prob[:, r, r] = 0  # the original's own cell is its own instance

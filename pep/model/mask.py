@@ -1,7 +1,10 @@
 """Mask learning (Fig. 2, "mask learning"; Eq. 6-7).
 
-A shared *general feature* at 1/4 of the input (SOLOv2's unified mask feature: p2..p5, each
-upsampled to p2's size, CoordConv on the deepest, summed, then a 1x1 conv to D channels). Every
+A shared *general feature* at 1/4 of the input, after SOLOv2's unified mask feature: p2..p5
+each pass one 3x3 conv at their own resolution (CoordConv on the deepest), are upsampled to
+p2's size, summed, and a 1x1 conv gives D channels. (SOLOv2 climbs level by level with a conv
+at every step; one conv per level keeps the head within half the backbone's cost on a CPU, and
+the deep levels carry semantics more than detail anyway.) Every
 descriptor is a 1x1 dynamic kernel: its mask logits are its dot product with the feature at each
 position. Loss: dice, averaged over the descriptors that own a ground-truth instance.
 """
@@ -23,29 +26,20 @@ class MaskLearning(nn.Module):
         super().__init__()
         self.dice_eps = dice_eps
         d = descriptor_dim
-        # level i (p2..p5) climbs i steps of (conv, x2 upsample) to reach 1/4 scale
-        self.branches = nn.ModuleList()
-        for i in range(4):
-            steps: list[nn.Module] = []
-            for k in range(max(i, 1)):
-                extra = 2 if (i == 3 and k == 0) else 0  # CoordConv on the deepest level
-                steps.append(conv_tower((in_channels + extra) if k == 0 else d, d, 1, norm_groups))
-                if i > 0:
-                    steps.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
-            self.branches.append(nn.Sequential(*steps))
+        # one conv per level p2..p5 at its own resolution; CoordConv on the deepest
+        self.branches = nn.ModuleList(conv_tower(in_channels + (2 if i == 3 else 0), d, 1, norm_groups)
+                                      for i in range(4))
         self.fuse = nn.Sequential(nn.Conv2d(d, d, 1, bias=False), nn.GroupNorm(min(norm_groups, d), d),
                                   nn.ReLU(inplace=True))
         init_conv_weights(self)
 
     def general_feature(self, fpn: dict) -> torch.Tensor:
         """p2..p5 -> (B, D, H/4, W/4)."""
-        out = None
-        for i, (name, branch) in enumerate(zip(("p2", "p3", "p4", "p5"), self.branches)):
-            x = append_coords(fpn[name]) if i == 3 else fpn[name]
-            y = branch(x)
-            if out is not None and y.shape[-2:] != out.shape[-2:]:
-                y = F.interpolate(y, size=out.shape[-2:], mode="bilinear", align_corners=False)
-            out = y if out is None else out + y
+        out = self.branches[0](fpn["p2"])
+        for i, name in enumerate(("p3", "p4", "p5"), start=1):
+            x = append_coords(fpn[name]) if name == "p5" else fpn[name]
+            out = out + F.interpolate(self.branches[i](x), size=out.shape[-2:], mode="bilinear",
+                                      align_corners=False)
         return self.fuse(out)
 
     @staticmethod
@@ -57,15 +51,16 @@ class MaskLearning(nn.Module):
             out[rows] = torch.einsum("nd,dhw->nhw", descriptors.kernels[rows], feature[b])
         return out
 
-    def loss(self, feature: torch.Tensor, descriptors: Descriptors,
-             gt_masks: list[torch.Tensor]) -> torch.Tensor:
-        """Dice loss (Eq. 7) of the descriptors that own an instance. `gt_masks[b]` is image b's
-        (G, h, w) soft masks at the feature's scale (area fractions)."""
+    def loss(self, feature: torch.Tensor, descriptors: Descriptors, gt_masks: torch.Tensor,
+             gt_offsets: torch.Tensor) -> torch.Tensor:
+        """Dice loss (Eq. 7) of the descriptors that own an instance. `gt_masks` holds every
+        image's soft masks at the feature's scale, concatenated; image b's start at
+        `gt_offsets[b]`."""
         owned = descriptors.select(descriptors.gt_index >= 0)
         if len(owned) == 0:
             return feature.sum() * 0
         pred = self.mask_logits(feature, owned).sigmoid()
-        target = torch.stack([gt_masks[b][g] for b, g in zip(owned.image.tolist(), owned.gt_index.tolist())])
+        target = gt_masks[gt_offsets[owned.image] + owned.gt_index]
         return dice_loss(pred, target, self.dice_eps).mean()
 
 

@@ -67,15 +67,17 @@ class SemanticsPerceiving(nn.Module):
         self.level_offsets = offsets
 
     def forward(self, level_feats: list[torch.Tensor]):
-        """-> grid features [(B, C, S, S)], class logits (B, cells, K), descriptors (B, cells, D)."""
-        grid_feats, logits, descs = [], [], []
+        """-> semantic context [(B, channels, S, S)] (the category tower's output, which
+        excavating reads too), class logits (B, cells, K), descriptors (B, cells, D)."""
+        context, logits, descs = [], [], []
         for x, s in zip(level_feats, self.grids):
             g = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-            grid_feats.append(g)
-            logits.append(self.category_out(self.category_tower(g)).flatten(2).transpose(1, 2))
+            semantic = self.category_tower(g)
+            context.append(semantic)
+            logits.append(self.category_out(semantic).flatten(2).transpose(1, 2))
             d = self.descriptor_out(self.descriptor_tower(append_coords(g)))
             descs.append(d.flatten(2).transpose(1, 2))
-        return grid_feats, torch.cat(logits, 1), torch.cat(descs, 1)
+        return context, torch.cat(logits, 1), torch.cat(descs, 1)
 
     def class_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., K) logits -> (..., C) class probabilities (background dropped)."""
@@ -86,43 +88,51 @@ class SemanticsPerceiving(nn.Module):
     # --- targets ---
 
     @torch.no_grad()
-    def targets(self, target: dict, image_size: tuple[int, int]) -> LevelTargets:
-        """SOLOv2's assignment for one image; `image_size` is the padded (H, W) of the batch."""
+    def targets(self, targets: list[dict], image_size: tuple[int, int]) -> list[LevelTargets]:
+        """SOLOv2's assignment for each image of a batch; `image_size` is the padded (H, W).
+
+        Computed for the whole batch at once: instances are padded to the largest count per
+        image (padding never wins a cell), so the work is a few tensor ops per level.
+        """
         device = self.cell_level.device
-        cells = self.level_offsets[-1]
-        labels = torch.full((cells,), -1, dtype=torch.int64, device=device)
-        gt_index = torch.full((cells,), -1, dtype=torch.int64, device=device)
-        masks, boxes = target["masks"], target["boxes"]
-        n = len(masks)
-        centres = torch.full((n, len(self.grids), 2), -1, dtype=torch.int64, device=device)
-        if n == 0:
-            return LevelTargets(labels, gt_index, centres)
+        counts = [len(t["masks"]) for t in targets]
+        B, G = len(targets), max(counts, default=0)
         H, W = image_size
-        scale = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
-        mass_y, mass_x = centre_of_mass(masks)
-        half_h = 0.5 * (boxes[:, 3] - boxes[:, 1]) * self.cfg["center_radius"]
-        half_w = 0.5 * (boxes[:, 2] - boxes[:, 0]) * self.cfg["center_radius"]
-        order = torch.argsort(scale, descending=True).tolist()  # small ones last: they win
-        for l, (s, (lo, hi)) in enumerate(zip(self.grids, self.scale_ranges)):
-            in_level = ((scale >= lo) & (scale <= hi)).tolist()
+        scale = torch.full((B, max(G, 1)), torch.inf, device=device)
+        box_h, box_w, mass_y, mass_x = (torch.zeros(B, max(G, 1), device=device) for _ in range(4))
+        labels_in = torch.zeros(B, max(G, 1), dtype=torch.int64, device=device)
+        if G:
+            real = torch.arange(G, device=device)[None] < torch.tensor(counts, device=device)[:, None]
+            boxes = torch.cat([t["boxes"] for t in targets]).to(device)
+            my, mx = centre_of_mass(torch.cat([t["masks"] for t in targets]).to(device))
+            box_w[real], box_h[real] = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+            scale[real] = (box_w[real] * box_h[real]).clamp(min=0).sqrt()
+            mass_y[real], mass_x[real] = my, mx
+            labels_in[real] = torch.cat([t["labels"] for t in targets]).to(device)
+        half_h = 0.5 * box_h * self.cfg["center_radius"]
+        half_w = 0.5 * box_w * self.cfg["center_radius"]
+        labels, owners, centres = [], [], []
+        for s, (lo, hi) in zip(self.grids, self.scale_ranges):
+            in_level = (scale >= lo) & (scale <= hi)  # (B, G); padding is inf: never
             cy = (mass_y / H * s).long().clamp(0, s - 1)
             cx = (mass_x / W * s).long().clamp(0, s - 1)
-            top = ((mass_y - half_h) / H * s).long().clamp(0, s - 1)
-            bottom = ((mass_y + half_h) / H * s).long().clamp(0, s - 1)
-            left = ((mass_x - half_w) / W * s).long().clamp(0, s - 1)
-            right = ((mass_x + half_w) / W * s).long().clamp(0, s - 1)
-            top, bottom = torch.maximum(top, cy - 1), torch.minimum(bottom, cy + 1)
-            left, right = torch.maximum(left, cx - 1), torch.minimum(right, cx + 1)
-            grid_labels = labels[self.level_offsets[l]: self.level_offsets[l + 1]].view(s, s)
-            grid_index = gt_index[self.level_offsets[l]: self.level_offsets[l + 1]].view(s, s)
-            for g in order:
-                if not in_level[g]:
-                    continue
-                t, b, le, r = int(top[g]), int(bottom[g]), int(left[g]), int(right[g])
-                grid_labels[t: b + 1, le: r + 1] = target["labels"][g]
-                grid_index[t: b + 1, le: r + 1] = g
-                centres[g, l, 0], centres[g, l, 1] = cy[g], cx[g]
-        return LevelTargets(labels, gt_index, centres)
+            top = torch.maximum(((mass_y - half_h) / H * s).long().clamp(0, s - 1), cy - 1)
+            bottom = torch.minimum(((mass_y + half_h) / H * s).long().clamp(0, s - 1), cy + 1)
+            left = torch.maximum(((mass_x - half_w) / W * s).long().clamp(0, s - 1), cx - 1)
+            right = torch.minimum(((mass_x + half_w) / W * s).long().clamp(0, s - 1), cx + 1)
+            ys = torch.arange(s, device=device)[None, None, :, None]
+            xs = torch.arange(s, device=device)[None, None, None, :]
+            e = (..., None, None)
+            covers = (in_level[e] & (ys >= top[e]) & (ys <= bottom[e])
+                      & (xs >= left[e]) & (xs <= right[e]))  # (B, G, S, S)
+            # where centre regions collide, the smallest instance wins
+            best, winner = torch.where(covers, scale[e], torch.inf).min(1)  # (B, S, S)
+            assigned = torch.isfinite(best)
+            owners.append(torch.where(assigned, winner, -1).flatten(1))
+            labels.append(torch.where(assigned, labels_in.gather(1, winner.flatten(1)).view_as(winner), -1).flatten(1))
+            centres.append(torch.where(in_level[..., None], torch.stack([cy, cx], -1), -1))
+        labels_t, owners_t, centres_t = torch.cat(labels, 1), torch.cat(owners, 1), torch.stack(centres, 2)
+        return [LevelTargets(labels_t[b], owners_t[b], centres_t[b, : counts[b]]) for b in range(B)]
 
     # --- loss ---
 

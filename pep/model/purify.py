@@ -28,21 +28,26 @@ class InstancePurifying(nn.Module):
         self.scale = nn.Parameter(torch.tensor(10.0))
         self.bias = nn.Parameter(torch.tensor(-5.0))
 
+    def embedding(self, kernels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.embed(kernels), dim=-1)
+
     def similarity_logits(self, kernels: torch.Tensor) -> torch.Tensor:
-        z = F.normalize(self.embed(kernels), dim=-1)
+        z = self.embedding(kernels)
         return self.scale * (z @ z.T) + self.bias
 
     def loss(self, descriptors: Descriptors) -> torch.Tensor:
         """Balanced BCE over the off-diagonal pairs of each image, averaged over images."""
         losses = []
+        z_all = self.embedding(descriptors.kernels)  # one MLP call for the whole batch
         for b in descriptors.image.unique().tolist():
-            d = descriptors.select(descriptors.image == b)
-            if len(d) < 2:
+            rows = descriptors.image == b
+            if int(rows.sum()) < 2:
                 continue
-            logits = self.similarity_logits(d.kernels).float()
-            gt = d.gt_index
+            z = z_all[rows]
+            logits = (self.scale * (z @ z.T) + self.bias).float()
+            gt = descriptors.gt_index[rows]
             same = (gt[:, None] == gt[None, :]) & (gt[:, None] >= 0)
-            off_diag = ~torch.eye(len(d), dtype=torch.bool, device=logits.device)
+            off_diag = ~torch.eye(len(gt), dtype=torch.bool, device=logits.device)
             bce = F.binary_cross_entropy_with_logits(logits, same.float(), reduction="none")
             pos, neg = same & off_diag, ~same & off_diag
             terms = [bce[m].mean() for m in (pos, neg) if m.any()]

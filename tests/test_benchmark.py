@@ -1,0 +1,43 @@
+"""benchmarks/throughput.py runs end to end and reports what the lead reads (not its speed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+
+from pep.config import PROJECT_ROOT, VARIANTS
+
+SCRIPT = PROJECT_ROOT / "benchmarks" / "throughput.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_json_report_has_every_number(capsys):
+    assert load_script().main(["--iters", "1", "--warmup", "0", "--batch", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # stdout holds the JSON object and nothing else
+    for name in (*VARIANTS, "maskrcnn", "backbone"):
+        for key in (f"{name}_train_img_s", f"{name}_infer_img_s"):
+            assert positive(report[key]), key
+    for name in VARIANTS:
+        assert positive(report["variants"][name]["params"]) and positive(report["variants"][name]["flops_per_image"])
+    assert report["variants"]["pep"]["train_img_s"] == report["pep_train_img_s"]
+    assert positive(report["pep_params"]) and positive(report["pep_flops_per_image"])
+    assert positive(report["maskrcnn"]["flops_per_image"]) and positive(report["backbone"]["flops_per_image"])
+    assert set(report["ratios"]) == {t["ratio"] for t in report["targets"]} and len(report["targets"]) == 3
+    assert all(positive(v) for v in report["ratios"].values())
+    assert all(isinstance(t["pass"], bool) for t in report["targets"])
+    assert report["batch_size"] == 2 and report["device"] == "cpu" and positive(report["threads"])
+    assert len(report["input_size"]) == 2 and all(s % 32 == 0 for s in report["input_size"])
+    assert report["torch"]
