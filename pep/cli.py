@@ -59,6 +59,93 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0 if report.trainable else 1
 
 
+def _seeds(cfg: dict, seed: int | None) -> list[int]:
+    return [seed] if seed is not None else list(cfg["train"]["seeds"])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from pep import distributed
+    from pep.config import run_dir
+    from pep.engine.curves import plot_training_curves
+    from pep.engine.train import train
+    from pep.tracking import Tracker
+
+    cfg = load_params(args.params)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        for seed in _seeds(cfg, args.seed):
+            tracker = Tracker(cfg, args.variant, seed, enabled=main_rank and not args.no_tracking)
+            with tracker.start("train"):
+                summary = train(cfg, args.variant, seed, max_iters=args.max_iters, tracker=tracker)
+                if main_rank:
+                    folder = run_dir(cfg, args.variant, seed)
+                    curves = plot_training_curves(folder / "train_log.jsonl", folder / "training_curves.png",
+                                                  f"{args.variant}, seed {seed}")
+                    tracker.log_metrics({"train_time_s": summary["train_time_s"],
+                                         "images_seen": summary["images_seen"]})
+                    tracker.log_dict({k: v for k, v in cfg.items() if k != "params_file"}, "config.json")
+                    tracker.log_artifact(folder / "train_log.jsonl")
+                    tracker.log_artifact(curves)
+                    print(f"trained {args.variant} seed {seed}: {summary['iterations']} iterations, "
+                          f"{summary['images_seen']} images in {summary['train_time_s']:.0f} s -> "
+                          f"{folder / 'model_final.pt'}")
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _tracker_factory(cfg: dict, variant: str, enabled: bool):
+    from pep.tracking import Tracker
+
+    return lambda seed: Tracker(cfg, variant, seed, enabled=enabled)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pep.engine.evaluate import evaluate_variant
+
+    cfg = load_params(args.params)
+    if args.split != "val":
+        raise PepError("`pep evaluate` scores the val split; test-dev has no public ground truth: "
+                       "use `pep predict --split test-dev`")
+    metrics = evaluate_variant(cfg, args.variant, _seeds(cfg, args.seed),
+                               tracker_factory=_tracker_factory(cfg, args.variant, not args.no_tracking),
+                               progress=not args.quiet)
+    print(f"{args.variant} val: " + ", ".join(f"{k} {metrics[k]:.1f}" for k in
+                                               ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pep.engine.evaluate import predict_test_dev
+
+    cfg = load_params(args.params)
+    if args.split != "test-dev":
+        raise PepError("`pep predict` writes the test-dev submission; score val with `pep evaluate`")
+    seed = _seeds(cfg, args.seed)[0]
+    summary = predict_test_dev(cfg, args.variant, seed, progress=not args.quiet)
+    line = f"{args.variant} test-dev: {summary['detections']} detections on {summary['images']} images -> {summary['submission']}"
+    if "metrics" in summary:
+        line += f" (scored locally: AP {summary['metrics']['AP']:.1f})"
+    print(line)
+    return 0
+
+
+def cmd_eval_results(args: argparse.Namespace) -> int:
+    from pep.evaluation import eval_results_command
+
+    print(json.dumps(eval_results_command(args.gt, args.results, args.iou_type)))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pep.tracking import compare_runs, format_comparison
+
+    print(format_comparison(compare_runs(load_params(args.params))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pep", description="Perceive, Excavate and Purify: the reproduction pipeline's stages.")
@@ -88,6 +175,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not open image files (only check the annotation file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_validate)
+
+    variants = ("baseline", "excavate", "purify", "pep")
+    p = sub.add_parser("train", help="train one variant (resumes from its newest checkpoint); "
+                                     "torchrun runs it on several processes")
+    _add_params_arg(p)
+    p.add_argument("--variant", required=True, choices=variants)
+    p.add_argument("--seed", type=int, help="one seed (default: every seed of train.seeds)")
+    p.add_argument("--max-iters", type=int, help="stop after this many iterations (smoke runs)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained variant on val (COCO segm and bbox)")
+    _add_params_arg(p)
+    p.add_argument("--variant", required=True, choices=variants)
+    p.add_argument("--split", default="val", choices=["val"])
+    p.add_argument("--seed", type=int, help="one seed (default: every seed of train.seeds)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write the COCO test-dev submission zip of a trained variant")
+    _add_params_arg(p)
+    p.add_argument("--variant", required=True, choices=variants)
+    p.add_argument("--split", default="test-dev", choices=["test-dev"])
+    p.add_argument("--seed", type=int, help="the seed whose model predicts (default: the first)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval-results", help="score any COCO results file; prints the 12 stats as JSON")
+    p.add_argument("gt", type=Path, help="ground-truth annotation file")
+    p.add_argument("results", type=Path, help="results file (a JSON list of detections)")
+    p.add_argument("--iou-type", default="segm", choices=["segm", "bbox"])
+    p.set_defaults(func=cmd_eval_results)
+
+    p = sub.add_parser("compare", help="the experiment's MLflow runs side by side")
+    _add_params_arg(p)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -103,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pep: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pep params | head`
+        return 0
 
 
 if __name__ == "__main__":

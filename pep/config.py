@@ -241,6 +241,16 @@ def resolve_data_path(cfg: dict, key: str) -> Path:
     return root if key == "root" else root / cfg["data"][key]
 
 
+def output_path(cfg: dict, *parts: str) -> Path:
+    """Where a stage writes (runs/, metrics/, submissions/): beside params.yaml, so that a
+    project folder holds its own results whatever the working directory."""
+    return Path(cfg.get("params_file", DEFAULT_PARAMS)).parent.joinpath(*parts)
+
+
+def run_dir(cfg: dict, variant: str, seed: int) -> Path:
+    return output_path(cfg, "runs", variant, f"seed{seed}")
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values (MLflow params, DVC-style keys)."""
     out: dict[str, Any] = {}

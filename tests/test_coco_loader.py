@@ -235,7 +235,7 @@ def test_missing_or_wrong_size_image_is_named(edited_tiny_val):
 def test_unreadable_annotation_file_is_named(tmp_path):
     bad = tmp_path / "instances.json"
     bad.write_text('{"images": [')
-    with pytest.raises(PepError, match="instances.json: cannot read it as JSON"):
+    with pytest.raises(PepError, match="instances.json: annotation file is not valid JSON"):
         CocoInstances(bad, tmp_path, NO_RESIZE, train=False)
     with pytest.raises(PepError, match="annotation file not found"):
         CocoInstances(tmp_path / "nope.json", tmp_path, NO_RESIZE, train=False)

@@ -32,6 +32,7 @@ from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
 from pep.errors import PepError
+from pep.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,10 @@ def load_coco(annotation_file: str | Path) -> COCO:
     """pycocotools' COCO index, quietly, with a readable error for a missing or broken file."""
     import contextlib
     import io
-    import json
 
     path = Path(annotation_file)
-    try:
-        with open(path, encoding="utf-8") as f:
-            dataset = json.load(f)
-    except FileNotFoundError:
-        raise PepError(f"{path}: annotation file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PepError(f"{path}: cannot read it as JSON ({exc}); "
-                       f"`pep data validate --annotations {path} --images DIR` says more") from None
+    dataset = read_json(path, "annotation file",
+                        f"; `pep data validate --annotations {path} --images DIR` says more")
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
         raise PepError(f"{path}: not a COCO annotation file (no 'images' list)")
     coco = COCO()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from pep.distributed import mean_divisor
 from pep.model.descriptors import Descriptors
 from pep.model.layers import init_conv_weights
 from pep.model.perceive import PRIOR_PROB, LevelTargets
@@ -97,11 +98,12 @@ class ObjectExcavating(nn.Module):
         centre_logits, class_logits, valid = self(context, originals)
         target, key_gt = self._centre_targets(originals, level_targets, centre_logits.shape[-1])
         positive = target > 0
-        num_pos = max(int(positive.sum()), 1)
         if self.cfg["loss"] == "focal":
-            loss_centre = sigmoid_focal_loss(centre_logits[valid], target[valid], reduction="sum") / num_pos
+            loss_centre = sigmoid_focal_loss(centre_logits[valid], target[valid], reduction="sum") \
+                / mean_divisor(positive.sum(), target.device)
         else:
-            loss_centre = F.binary_cross_entropy_with_logits(centre_logits[valid], target[valid])
+            loss_centre = F.binary_cross_entropy_with_logits(centre_logits[valid], target[valid], reduction="sum") \
+                / mean_divisor(valid.sum(), target.device)
 
         # key pixels: true centres (class = their instance's) + the strongest false peaks (background)
         key_n, key_y, key_x = torch.nonzero(positive, as_tuple=True)
@@ -115,7 +117,8 @@ class ObjectExcavating(nn.Module):
         all_y, all_x = torch.cat([key_y, false_y]), torch.cat([key_x, false_x])
         cls_target = torch.cat([key_label, torch.full_like(false_n, self.num_classes)])
         cls_logits = class_logits[all_n, :, all_y, all_x]
-        loss_class = F.cross_entropy(cls_logits.float(), cls_target) if len(all_n) else class_logits.sum() * 0
+        loss_class = F.cross_entropy(cls_logits.float(), cls_target, reduction="sum") \
+            / mean_divisor(len(all_n), target.device) + class_logits.sum() * 0  # keeps the graph when empty
 
         mined = self._mine(originals, all_n, all_y, all_x,
                            labels=torch.cat([key_label, torch.full_like(false_n, -1)]),

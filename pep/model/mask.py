@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pep.distributed import mean_divisor
 from pep.model.descriptors import Descriptors
 from pep.model.layers import append_coords, conv_tower, init_conv_weights
 
@@ -57,11 +58,12 @@ class MaskLearning(nn.Module):
         image's soft masks at the feature's scale, concatenated; image b's start at
         `gt_offsets[b]`."""
         owned = descriptors.select(descriptors.gt_index >= 0)
+        divisor = mean_divisor(len(owned), feature.device)  # a collective: before any return
         if len(owned) == 0:
             return feature.sum() * 0
         pred = self.mask_logits(feature, owned).sigmoid()
         target = gt_masks[gt_offsets[owned.image] + owned.gt_index]
-        return dice_loss(pred, target, self.dice_eps).mean()
+        return dice_loss(pred, target, self.dice_eps).sum() / divisor
 
 
 def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

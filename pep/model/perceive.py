@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from pep.distributed import mean_divisor
 from pep.model.descriptors import Descriptors
 from pep.model.layers import append_coords, conv_tower, init_conv_weights
 
@@ -137,25 +138,25 @@ class SemanticsPerceiving(nn.Module):
     # --- loss ---
 
     def loss(self, logits: torch.Tensor, level_targets: list[LevelTargets]) -> torch.Tensor:
-        """Classification over all cells of the batch (Eq. 2), normalised per positive cell."""
+        """Classification over all cells of the batch (Eq. 2), normalised per positive cell
+        (focal) or per cell (CE), counted over all processes (`mean_divisor`)."""
         labels = torch.stack([t.labels for t in level_targets])  # (B, cells)
         flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
         positive = flat_labels >= 0
-        num_pos = max(int(positive.sum()), 1)
         kind = self.cfg["loss"]
         if kind == "focal":
             onehot = torch.zeros_like(flat_logits)
             onehot[positive, flat_labels[positive]] = 1
             return sigmoid_focal_loss(flat_logits, onehot, alpha=self.cfg["focal_alpha"],
-                                      gamma=self.cfg["focal_gamma"], reduction="sum") / num_pos
+                                      gamma=self.cfg["focal_gamma"], reduction="sum") \
+                / mean_divisor(positive.sum(), logits.device)
         target = torch.where(positive, flat_labels, self.num_classes)  # background is class C
         per_cell = F.cross_entropy(flat_logits.float(), target, reduction="none")
         if kind == "ce":
-            return per_cell.mean()
+            return per_cell.sum() / mean_divisor(len(per_cell), logits.device)
         # balanced_ce: positives and background weigh half each, whatever their counts
-        neg = per_cell[~positive]
-        pos_term = per_cell[positive].mean() if positive.any() else per_cell.sum() * 0
-        return 0.5 * pos_term + 0.5 * (neg.mean() if len(neg) else per_cell.sum() * 0)
+        return 0.5 * per_cell[positive].sum() / mean_divisor(positive.sum(), logits.device) \
+            + 0.5 * per_cell[~positive].sum() / mean_divisor((~positive).sum(), logits.device)
 
     # --- original descriptors ---
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pep.distributed import mean_divisor
 from pep.model.descriptors import Descriptors
 
 
@@ -36,7 +37,8 @@ class InstancePurifying(nn.Module):
         return self.scale * (z @ z.T) + self.bias
 
     def loss(self, descriptors: Descriptors) -> torch.Tensor:
-        """Balanced BCE over the off-diagonal pairs of each image, averaged over images."""
+        """Balanced BCE over the off-diagonal pairs of each image, averaged over the images of
+        all processes."""
         losses = []
         z_all = self.embedding(descriptors.kernels)  # one MLP call for the whole batch
         for b in descriptors.image.unique().tolist():
@@ -52,9 +54,10 @@ class InstancePurifying(nn.Module):
             pos, neg = same & off_diag, ~same & off_diag
             terms = [bce[m].mean() for m in (pos, neg) if m.any()]
             losses.append(sum(terms) / len(terms))
+        divisor = mean_divisor(len(losses), descriptors.kernels.device)  # a collective: always
         if not losses:
             return sum(p.sum() for p in self.parameters()) * 0  # keeps the graph for DDP
-        return torch.stack(losses).mean()
+        return torch.stack(losses).sum() / divisor
 
     @torch.no_grad()
     def merge(self, d: Descriptors) -> Descriptors:

@@ -1,0 +1,1 @@
+"""Training, inference and evaluation drivers (the loops around the model)."""

@@ -1,0 +1,144 @@
+"""`pep evaluate` and `pep predict`: a trained variant's predictions, scored with pycocotools.
+
+evaluate (val): results of every seed's model, COCO segm and bbox stats, written as
+  metrics/<variant>/val.json            the 12 segm stats in percent (mean over seeds when
+                                        there are several, with each seed's beside them), the
+                                        bbox stats, and the cost figures the tables need
+  metrics/<variant>/val_per_category.json
+  runs/<variant>/seed<k>/results_val.json   the raw COCO results
+predict (test-dev): the COCO server's upload, submissions/<variant>/detections_test-dev2017_
+  <algorithm>-<variant>_results.zip; where a local ground truth exists (the synthetic set keeps
+  one aside), it is scored as the server would, into metrics/<variant>/test-dev.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from pep import evaluation
+from pep.config import output_path, resolve_data_path, run_dir
+from pep.data.coco import CocoInstances, Collate, build_dataset, load_coco
+from pep.data.synth import PRIVATE_TEST_DEV_GT
+from pep.engine.train import load_trained
+from pep.jsonfile import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def predict(model, dataset: CocoInstances, cfg: dict, device: torch.device, progress: bool = True):
+    """COCO results records for every image of `dataset`, and the seconds spent in the model."""
+    loader = DataLoader(dataset, batch_size=cfg["evaluate"]["batch_size"], shuffle=False,
+                        num_workers=cfg["data"]["num_workers"],
+                        collate_fn=Collate(cfg["data"]["input"]["size_divisibility"]))
+    results, model_seconds = [], 0.0
+    for images, targets in tqdm(loader, desc="predict", unit="batch", disable=None if progress else True,
+                                leave=False):
+        started = time.perf_counter()
+        outputs = model(images.to(device), targets)
+        model_seconds += time.perf_counter() - started
+        for out, target in zip(outputs, targets):
+            results += evaluation.encode_instances(target["image_id"], out["masks"].cpu(),
+                                                   out["scores"].cpu(), out["category_ids"].cpu())
+    return results, model_seconds
+
+
+def flops_per_image(model, dataset: CocoInstances, device: torch.device) -> float:
+    image, target = dataset[0]
+    batch_images, batch_targets = Collate(32)([(image, target)])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(batch_images.to(device), batch_targets)
+    return float(counter.get_total_flops())
+
+
+def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tracker_factory=None,
+                     progress: bool = True) -> dict:
+    """Score every seed's model on val; write the metrics files; return the val.json content."""
+    dataset = build_dataset(cfg, "val")
+    gt = load_coco(resolve_data_path(cfg, "val_annotations"))
+    per_seed, per_category, bbox = {}, {}, {}
+    extras = {}
+    for seed in seeds:
+        model, final = load_trained(cfg, variant, seed, device)
+        results, seconds = predict(model, dataset, cfg, torch.device(device), progress)
+        out = run_dir(cfg, variant, seed) / "results_val.json"
+        out.write_text(json.dumps(results), encoding="utf-8")
+        segm = evaluation.evaluate(gt, results, "segm")
+        box = evaluation.evaluate(gt, evaluation.add_boxes(results), "bbox")
+        per_seed[seed] = evaluation.stats_in_percent(segm["stats"])
+        bbox[seed] = evaluation.stats_in_percent(box["stats"])
+        names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+        per_category[seed] = {names[c]: round(100 * ap, 3) if ap >= 0 else -1
+                              for c, ap in segm["per_category"].items()}
+        extras[seed] = {"train_time_s": round(final["train_time_s"], 1), "images_seen": final["images_seen"],
+                        "infer_ms_per_image": round(1000 * seconds / len(dataset), 2),
+                        "detections": segm["num_detections"]}
+        if tracker_factory is not None:
+            with tracker_factory(seed).start("evaluate") as tracker:
+                tracker.log_metrics({**per_seed[seed], **{f"bbox_{k}": v for k, v in bbox[seed].items()},
+                                     "infer_ms_per_image": extras[seed]["infer_ms_per_image"]})
+                tracker.log_dict({"segm": per_seed[seed], "bbox": bbox[seed],
+                                  "per_category": per_category[seed]}, "metrics/val.json")
+                tracker.log_artifact(out, "results")
+        log.info("%s seed %d: mask AP %.1f, AP50 %.1f (%d detections on %d images)", variant, seed,
+                 per_seed[seed]["AP"], per_seed[seed]["AP50"], segm["num_detections"], len(dataset))
+
+    model, _ = load_trained(cfg, variant, seeds[0], device)
+    metrics = _mean_over_seeds(per_seed)
+    metrics["bbox"] = _mean_over_seeds(bbox)
+    metrics.update({
+        "variant": variant, "split": "val", "seeds": list(seeds),
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_image": flops_per_image(model, dataset, torch.device(device)),
+        "infer_ms_per_image": round(statistics.mean(e["infer_ms_per_image"] for e in extras.values()), 2),
+        "train_time_s": round(statistics.mean(e["train_time_s"] for e in extras.values()), 1),
+        "images_seen": extras[seeds[0]]["images_seen"],
+    })
+    if len(seeds) > 1:
+        metrics["per_seed"] = {str(s): v for s, v in per_seed.items()}
+        metrics["std"] = {k: round(statistics.stdev(v[k] for v in per_seed.values()), 3)
+                          for k in evaluation.STAT_KEYS}
+    folder = output_path(cfg, "metrics", variant)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "val.json", metrics)
+    write_json_atomic(folder / "val_per_category.json",
+                per_category[seeds[0]] if len(seeds) == 1 else {str(s): v for s, v in per_category.items()})
+    return metrics
+
+
+def predict_test_dev(cfg: dict, variant: str, seed: int, device="cpu", progress: bool = True) -> dict:
+    """The COCO server's submission zip; scored locally where a private ground truth exists."""
+    dataset = build_dataset(cfg, "test-dev")
+    model, _ = load_trained(cfg, variant, seed, device)
+    results, _ = predict(model, dataset, cfg, torch.device(device), progress)
+    algorithm = f"{cfg['evaluate']['algorithm_name']}-{variant}"
+    zip_path = evaluation.write_submission(results, output_path(cfg, "submissions", variant), algorithm)
+    summary = {"submission": str(zip_path), "detections": len(results), "images": len(dataset)}
+    private = resolve_data_path(cfg, "root") / PRIVATE_TEST_DEV_GT
+    if private.exists():  # the synthetic set: score it as the server would
+        scored = evaluation.evaluate(load_coco(private), results, "segm")
+        metrics = {**evaluation.stats_in_percent(scored["stats"]), "variant": variant,
+                   "split": "test-dev", "seed": seed, "scored": "locally, against " + PRIVATE_TEST_DEV_GT}
+        folder = output_path(cfg, "metrics", variant)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "test-dev.json", metrics)
+        summary["metrics"] = metrics
+    return summary
+
+
+def _mean_over_seeds(per_seed: dict[int, dict]) -> dict:
+    out = {}
+    for key in evaluation.STAT_KEYS:
+        values = [v[key] for v in per_seed.values()]
+        out[key] = -1 if any(v < 0 for v in values) else round(statistics.mean(values), 3)
+    return out

@@ -1,0 +1,212 @@
+"""`pep train --variant V`: the training loop, on one CPU process or many GPUs alike.
+
+Plain by design (torchvision's references/detection is the model): build the data, the model
+and the optimiser from params.yaml, resume from the newest valid checkpoint if there is one,
+then iterate: forward, summed losses (Eq. 8), backward (mixed precision on CUDA), gradient
+clipping, step, learning-rate schedule. Only rank 0 prints, logs and writes.
+
+What a run leaves in runs/<variant>/seed<seed>/: rolling checkpoints `ckpt_*.pt` (for resuming),
+`train_log.jsonl` (one line per logging step: the curves) and `model_final.pt` (the weights and
+what evaluation needs to rebuild the model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pep import distributed
+from pep.config import run_dir as default_run_dir
+from pep.data.coco import Collate, build_dataset
+from pep.engine import checkpoint
+from pep.engine.data import GlobalBatchSampler, SeededSamples
+from pep.engine.schedule import lr_factor
+from pep.errors import PepError
+from pep.model import build_model
+
+log = logging.getLogger(__name__)
+FINAL = "model_final.pt"
+
+
+def build_optimizer(model: nn.Module, train_cfg: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train_cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
+                               weight_decay=train_cfg["weight_decay"])
+    return torch.optim.AdamW(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+
+
+def _set_determinism(enabled: bool) -> None:
+    # warn_only: a few CPU kernels have no deterministic twin; they warn instead of failing
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = not enabled
+        torch.backends.cudnn.deterministic = enabled
+
+
+def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
+          max_iters: int | None = None, tracker=None) -> dict:
+    """Train one variant with one seed; returns a summary. Resumes when checkpoints exist."""
+    tc = cfg["train"]
+    ctx = distributed.init(tc["device"])
+    out_dir = Path(out_dir or default_run_dir(cfg, variant, seed))
+    _set_determinism(tc["deterministic"])
+    torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts them)
+
+    dataset = build_dataset(cfg, "train")
+    model = build_model(cfg, variant, dataset.category_ids).to(ctx.device)
+    if ctx.distributed and ctx.device.type == "cuda" and cfg["model"]["backbone"]["norm"] == "batch":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs
+    optimizer = build_optimizer(model, tc)
+    iters_per_epoch = len(dataset) // tc["batch_size"]
+    if iters_per_epoch == 0:
+        raise PepError(f"the training set has {len(dataset)} images, fewer than "
+                       f"train.batch_size={tc['batch_size']}")
+    total = tc["epochs"] * iters_per_epoch if max_iters is None else min(max_iters, tc["epochs"] * iters_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, tc, iters_per_epoch, tc["epochs"] * iters_per_epoch))
+    use_amp = tc["amp"] and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start, elapsed_before = 0, 0.0
+    state, path = checkpoint.load_latest_valid(out_dir)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if ctx.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], ctx.device)
+        start, elapsed_before = int(state["iteration"]), float(state["train_time_s"])
+        if ctx.is_main:
+            log.info("resuming %s seed %d from %s (iteration %d of %d)", variant, seed, path.name, start, total)
+    elif ctx.is_main:
+        log.info("training %s seed %d for %d iterations (%d epochs of %d) on %s x%d",
+                 variant, seed, total, tc["epochs"], iters_per_epoch, ctx.device.type, ctx.world_size)
+
+    core = model
+    if ctx.distributed:
+        model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    sampler = GlobalBatchSampler(len(dataset), tc["batch_size"], seed, start, total, ctx.rank, ctx.world_size)
+    loader = DataLoader(SeededSamples(dataset, seed), batch_sampler=sampler,
+                        num_workers=cfg["data"]["num_workers"],
+                        collate_fn=Collate(cfg["data"]["input"]["size_divisibility"]),
+                        pin_memory=ctx.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
+    log_file = out_dir / "train_log.jsonl"
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(log_file, start)
+
+    model.train()
+    bar = tqdm(total=total, initial=start, desc=f"train {variant}", unit="it", dynamic_ncols=True,
+               disable=None if ctx.is_main else True)
+    window_t, window_images, it = time.perf_counter(), 0, start
+    run_started = time.perf_counter()
+    for it, (images, targets) in enumerate(loader, start=start):
+        images = images.to(ctx.device, non_blocking=True)
+        targets = [_to_device(t, ctx.device) for t in targets]
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise PepError(f"training diverged: the loss is {loss.item()} at iteration {it} "
+                           f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
+                           f"lower train.lr or raise train.warmup_iters, then rerun (it resumes "
+                           f"from the last checkpoint in {out_dir})")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if tc["clip_grad_norm"] > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(core.parameters(), tc["clip_grad_norm"])
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        window_images += images.shape[0] * ctx.world_size
+        done = it + 1
+
+        if done % tc["log_every_iters"] == 0 or done == total:
+            now = time.perf_counter()
+            values = distributed.reduce_mean({k: float(v.detach()) for k, v in losses.items()}, ctx.device)
+            record = {"iteration": done, "epoch": done / iters_per_epoch, "loss": sum(values.values()),
+                      **values, "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_s": window_images / max(now - window_t, 1e-9)}
+            window_t, window_images = now, 0
+            if ctx.is_main:
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                img_s=f"{record['images_per_s']:.1f}")
+                with open(log_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                if tracker is not None:
+                    tracker.log_metrics({k: v for k, v in record.items() if k != "iteration"}, step=done)
+        if done % tc["checkpoint_every_iters"] == 0 or done == total:
+            _save(out_dir, done, core, optimizer, scheduler, scaler, ctx,
+                  elapsed_before + time.perf_counter() - run_started)
+        bar.update(1)
+    bar.close()
+
+    train_time = elapsed_before + time.perf_counter() - run_started
+    if ctx.is_main:
+        _save_final(out_dir / FINAL, core, dataset, cfg, variant, seed, total, train_time)
+    distributed.barrier()
+    return {"variant": variant, "seed": seed, "iterations": total, "train_time_s": train_time,
+            "images_seen": total * tc["batch_size"], "run_dir": str(out_dir),
+            "resumed_from": start}
+
+
+def _to_device(target: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in target.items()}
+
+
+def _truncate_log(path: Path, iteration: int) -> None:
+    """After a resume, drop log lines written after the checkpoint (they are redone)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["iteration"] <= iteration]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _save(out_dir, iteration, model, optimizer, scheduler, scaler, ctx, train_time) -> None:
+    if ctx.is_main:
+        state = {"iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "rng_cpu": torch.get_rng_state(), "train_time_s": train_time}
+        if ctx.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(ctx.device)
+        checkpoint.save_atomic(state, checkpoint.checkpoint_path(out_dir, iteration))
+        checkpoint.prune(out_dir)
+    distributed.barrier()
+
+
+def _save_final(path: Path, model, dataset, cfg, variant, seed, iterations, train_time) -> None:
+    checkpoint.save_atomic({
+        "model": model.state_dict(), "variant": variant, "seed": seed, "iterations": iterations,
+        "category_ids": list(dataset.category_ids), "class_names": list(dataset.class_names),
+        "train_time_s": train_time, "images_seen": iterations * cfg["train"]["batch_size"],
+    }, path)
+
+
+def load_trained(cfg: dict, variant: str, seed: int, device: torch.device | str = "cpu"):
+    """The trained model of a run (eval mode) and its final record."""
+    path = default_run_dir(cfg, variant, seed) / FINAL
+    if not path.exists():
+        raise PepError(f"{path}: no trained model; run `pep train --variant {variant} --seed {seed}` first")
+    try:
+        state = checkpoint.load(path, map_location=device)
+    except Exception as exc:
+        raise PepError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc}); delete it and "
+                       f"retrain") from None
+    model = build_model(cfg, variant, state["category_ids"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state

@@ -1,0 +1,234 @@
+"""Training that survives: determinism, SIGKILL and resume, damaged checkpoints, two gloo
+processes equal to one, evaluation and the test-dev submission from what training wrote."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pep.config import PROJECT_ROOT, load_params
+from pep.engine import checkpoint
+from pep.engine.train import train
+from pep.model import build_model
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+       "MLFLOW_TRACKING_URI": ""}
+
+
+def make_project(folder: Path, synth_root: Path, **train) -> Path:
+    """A project folder with its own params.yaml (outputs land beside it) on the small set."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["data"].update(root=str(synth_root), num_workers=0)
+    raw["data"]["input"].update(train_min_size=[96], test_min_size=96, max_size=128)
+    raw["train"].update(batch_size=4, epochs=4, checkpoint_every_iters=4, log_every_iters=2,
+                        warmup_iters=4, **train)
+    # caps that never bind: their random subsets would differ between process layouts
+    raw["model"]["perceive"]["train_positives_per_image"] = 10_000
+    raw["model"]["excavate"]["max_mined_per_image"] = 10_000
+    raw["tracking"]["tracking_uri"] = "sqlite:///mlflow.db"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder / "params.yaml"
+
+
+def pep_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "pep"), *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def weights(params: Path, variant: str = "pep", seed: int = 0) -> dict[str, torch.Tensor]:
+    return torch.load(params.parent / "runs" / variant / f"seed{seed}" / "model_final.pt",
+                      weights_only=True)["model"]
+
+
+def losses(params: Path, variant: str = "pep", seed: int = 0) -> list[dict]:
+    lines = (params.parent / "runs" / variant / f"seed{seed}" / "train_log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(l).items() if k != "images_per_s"} for l in lines]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_synth) -> Path:
+    """An uninterrupted 12-iteration run of `pep`, the yardstick of the tests below."""
+    params = make_project(tmp_path_factory.mktemp("reference"), small_synth)
+    pep_cmd("train", "--params", str(params), "--variant", "pep", "--max-iters", "12", cwd=params.parent)
+    return params
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, small_synth, reference):
+    params = make_project(tmp_path / "killed", small_synth)
+    cmd = [str(BIN / "pep"), "train", "--params", str(params), "--variant", "pep", "--max-iters", "12",
+           "--no-tracking"]
+    proc = subprocess.Popen(cmd, cwd=params.parent, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    target = params.parent / "runs/pep/seed0" / "ckpt_00000008.pt"
+    deadline = time.monotonic() + 300
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert target.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (params.parent / "runs/pep/seed0/model_final.pt").exists()
+
+    rerun = subprocess.run(cmd, cwd=params.parent, env=ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming pep seed 0 from ckpt_0000000" in rerun.stderr
+    mine, theirs = weights(params), weights(reference)
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine), "resumed weights differ"
+    assert losses(params) == losses(reference)
+
+    for p in (params, reference):
+        pep_cmd("evaluate", "--params", str(p), "--variant", "pep", "--no-tracking", "-q", cwd=p.parent)
+    ours = json.loads((params.parent / "metrics/pep/val.json").read_text())
+    ref = json.loads((reference.parent / "metrics/pep/val.json").read_text())
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "bbox"):
+        assert ours[key] == ref[key], key
+
+
+def test_damaged_checkpoint_is_reported_and_skipped(tmp_path, small_synth, caplog):
+    params = make_project(tmp_path, small_synth)
+    cfg = load_params(params)
+    run = tmp_path / "runs/baseline/seed0"
+    train(cfg, "baseline", 0, max_iters=8)
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["ckpt_00000008.pt", "ckpt_00000004.pt"]
+    newest = run / "ckpt_00000008.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a torn file
+    with caplog.at_level(logging.WARNING, logger="pep.engine.checkpoint"):
+        summary = train(cfg, "baseline", 0, max_iters=8)
+    assert summary["resumed_from"] == 4
+    assert "ckpt_00000008.pt is damaged and is skipped" in caplog.text
+    state = torch.load(run / "ckpt_00000008.pt", weights_only=True)  # rewritten, whole again
+    assert state["iteration"] == 8
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, small_synth):
+    a = make_project(tmp_path / "a", small_synth)
+    b = make_project(tmp_path / "b", small_synth)
+    for p in (a, b):
+        train(load_params(p), "baseline", 0, max_iters=3)
+    train(load_params(a), "baseline", 1, max_iters=3)
+    wa, wb, wc = weights(a, "baseline"), weights(b, "baseline"), weights(a, "baseline", seed=1)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa if wa[k].is_floating_point())
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_model_of_one_process(tmp_path, small_synth):
+    """torchrun, 2 processes x 2 images = 1 process x 4 images. Two things are pinned so that
+    the comparison is exact: the backbone's BatchNorm is frozen (trainable BatchNorm would see
+    per-process batch statistics on the CPU; GPUs get SyncBatchNorm), and every batch is padded
+    to one size (the semantic grids span the padded batch, so a batch of 2 padded less than a
+    batch of 4 would be another input). Everything else is per image or normalised over all
+    processes."""
+    one = make_project(tmp_path / "one", small_synth)
+    two = make_project(tmp_path / "two", small_synth)
+    for p in (one, two):
+        raw = yaml.safe_load(p.read_text())
+        raw["model"]["backbone"]["norm"] = "frozen_batch"
+        raw["data"]["input"]["size_divisibility"] = 128  # shorter side 96, longer <= 128
+        # SGD: Adam divides by the gradient's own scale, which magnifies float rounding in
+        # near-zero gradients into visible weight differences
+        raw["train"].update(optimizer="sgd", lr=0.02)
+        p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    common = ["train", "--variant", "pep", "--max-iters", "4", "--no-tracking"]
+    pep_cmd(*common, "--params", str(one), cwd=one.parent)
+    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "pep.cli",
+                           *common, "--params", str(two)], cwd=two.parent, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    l1, l2 = losses(one), losses(two)
+    assert [r["iteration"] for r in l1] == [r["iteration"] for r in l2] == [2, 4]
+    for r1, r2 in zip(l1, l2):
+        for key in ("loss", "loss_sem", "loss_exc", "loss_exc_cls", "loss_pur", "loss_mask"):
+            assert r1[key] == pytest.approx(r2[key], rel=1e-5), key
+    # The updates agree up to float rounding. Not bit for bit: a batch of 2 and a batch of 4 take
+    # different conv kernels, and near-tied scores (top-k negatives, false peaks) can then pick
+    # other cells; so compare the whole update, relative to its size.
+    w1, w2 = weights(one), weights(two)
+    torch.manual_seed(0)
+    w0 = build_model(load_params(one), "pep", [1, 3, 5, 7]).state_dict()
+    floats = [k for k in w1 if w1[k].is_floating_point()]
+    update = sum(((w1[k] - w0[k]).double() ** 2).sum() for k in floats).sqrt().item()
+    apart = sum(((w1[k] - w2[k]).double() ** 2).sum() for k in floats).sqrt().item()
+    print(f"DDP vs one process: |update| {update:.3e}, |difference| {apart:.3e}")
+    assert update > 0.1 and apart < 1e-2 * update, (apart, update)  # measured: 8.7e-4 of it
+
+
+@pytest.mark.slow
+def test_evaluate_predict_and_tracking_after_training(reference):
+    folder = reference.parent
+    pep_cmd("evaluate", "--params", str(reference), "--variant", "pep", "-q", cwd=folder)
+    metrics = json.loads((folder / "metrics/pep/val.json").read_text())
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"):
+        assert isinstance(metrics[key], (int, float)) and (metrics[key] == -1 or 0 <= metrics[key] <= 100)
+    assert set(metrics["bbox"]) >= {"AP", "AP50"} and metrics["params"] > 0 and metrics["flops_per_image"] > 0
+    assert (folder / "metrics/pep/val_per_category.json").exists()
+    results = json.loads((folder / "runs/pep/seed0/results_val.json").read_text())
+    assert all("bbox" not in r and isinstance(r["segmentation"]["counts"], str) for r in results)
+
+    out = pep_cmd("predict", "--params", str(reference), "--variant", "pep", "-q", cwd=folder).stdout
+    zip_path = folder / "submissions/pep/detections_test-dev2017_pep-pep_results.zip"
+    assert zip_path.exists() and "scored locally" in out
+    with zipfile.ZipFile(zip_path) as z:
+        assert z.namelist() == ["detections_test-dev2017_pep-pep_results.json"]
+    assert "AP" in json.loads((folder / "metrics/pep/test-dev.json").read_text())
+
+    # one MLflow run holds training and evaluation
+    compared = pep_cmd("compare", "--params", str(reference), cwd=folder).stdout
+    assert "pep" in compared
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pep").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["variant"] == "pep" and run.data.tags["seed"] == "0"
+    assert "AP" in run.data.metrics and "loss" in run.data.metrics
+    assert run.data.params["train.batch_size"] == "4"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 6  # every 2nd of 12 iterations
+
+
+def test_untrained_model_scores_zero_rather_than_crashing(tmp_path, small_synth):
+    params = make_project(tmp_path, small_synth)
+    cfg = load_params(params)
+    train(cfg, "baseline", 0, max_iters=1)
+    from pep.engine.evaluate import evaluate_variant
+
+    metrics = evaluate_variant(cfg, "baseline", [0], progress=False)
+    assert 0 <= metrics["AP"] < 1
+
+
+@pytest.mark.slow
+def test_pep_learns_on_the_synthetic_set(tmp_path, default_params):
+    """300 iterations (2,400 images, about 2.5 minutes on 2 cores) of the default profile's
+    `pep` on the default synthetic set. Measured when this test was written: mask AP 0.9,
+    AP50 3.5 (the `baseline` variant: 3.0 / 8.3), against 0.0 for the untrained model. The bar
+    is about half of that, far above chance; the demo's accuracy target belongs to the pipeline."""
+    from pep.data.synth import generate
+    from pep.engine.evaluate import evaluate_variant
+
+    generate(default_params["data"]["synth"], tmp_path / "synth", progress=False)
+    params = make_project(tmp_path / "project", tmp_path / "synth")
+    raw = yaml.safe_load(params.read_text())
+    raw["data"]["input"] = default_params["data"]["input"]  # the default profile's sizes
+    raw["data"]["num_workers"] = 2
+    raw["train"] = {**default_params["train"], "epochs": 4}
+    raw["model"] = default_params["model"]
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_params(params)
+    summary = train(cfg, "pep", 0)
+    assert summary["images_seen"] == 2400
+    metrics = evaluate_variant(cfg, "pep", [0], progress=False)
+    assert metrics["AP50"] >= 2.0 and metrics["AP"] >= 0.5, metrics
