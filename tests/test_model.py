@@ -302,7 +302,7 @@ def test_each_variant_overfits_a_small_batch(cfg, batch, variant):
         nn.utils.clip_grad_norm_(model.parameters(), 35)
         opt.step()
         warmup.step()
-    assert loss.item() < first / 5, (first, loss.item())  # measured: 7.8x to 2,000x by variant
+    assert loss.item() < first / 5, (first, loss.item())  # measured: 7.8x (excavate) to ~800x (baseline)
     model.eval()
     eval_targets = [{**t, "orig_size": t["size"]} for t in targets]
     ious = _mask_iou_matches(model(images, eval_targets), eval_targets, min_area=16 * 16)
