@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from pep.config import DEFAULT_PARAMS, load_params, resolve_data_path
+from pep.config import load_params, resolve_data_path
 from pep.errors import PepError
 
 log = logging.getLogger("pep")

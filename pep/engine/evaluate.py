@@ -17,7 +17,6 @@ import json
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
