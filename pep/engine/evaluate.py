@@ -65,10 +65,12 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
     """Score every seed's model on val; write the metrics files; return the val.json content."""
     dataset = build_dataset(cfg, "val")
     gt = load_coco(resolve_data_path(cfg, "val_annotations"))
-    per_seed, per_category, bbox = {}, {}, {}
-    extras = {}
+    names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+    per_seed, per_category, bbox, extras, first_model = {}, {}, {}, {}, None
     for seed in seeds:
         model, final = load_trained(cfg, variant, seed, device)
+        if first_model is None:  # params and FLOPs are the same for every seed
+            first_model = model
         results, seconds = predict(model, dataset, cfg, torch.device(device), progress)
         out = run_dir(cfg, variant, seed) / "results_val.json"
         out.write_text(json.dumps(results), encoding="utf-8")
@@ -76,7 +78,6 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
         box = evaluation.evaluate(gt, evaluation.add_boxes(results), "bbox")
         per_seed[seed] = evaluation.stats_in_percent(segm["stats"])
         bbox[seed] = evaluation.stats_in_percent(box["stats"])
-        names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
         per_category[seed] = {names[c]: round(100 * ap, 3) if ap >= 0 else -1
                               for c, ap in segm["per_category"].items()}
         extras[seed] = {"train_time_s": round(final["train_time_s"], 1), "images_seen": final["images_seen"],
@@ -92,13 +93,12 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
         log.info("%s seed %d: mask AP %.1f, AP50 %.1f (%d detections on %d images)", variant, seed,
                  per_seed[seed]["AP"], per_seed[seed]["AP50"], segm["num_detections"], len(dataset))
 
-    model, _ = load_trained(cfg, variant, seeds[0], device)
     metrics = _mean_over_seeds(per_seed)
     metrics["bbox"] = _mean_over_seeds(bbox)
     metrics.update({
         "variant": variant, "split": "val", "seeds": list(seeds),
-        "params": sum(p.numel() for p in model.parameters()),
-        "flops_per_image": flops_per_image(model, dataset, torch.device(device)),
+        "params": sum(p.numel() for p in first_model.parameters()),
+        "flops_per_image": flops_per_image(first_model, dataset, torch.device(device)),
         "infer_ms_per_image": round(statistics.mean(e["infer_ms_per_image"] for e in extras.values()), 2),
         "train_time_s": round(statistics.mean(e["train_time_s"] for e in extras.values()), 1),
         "images_seen": extras[seeds[0]]["images_seen"],
@@ -111,7 +111,7 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "val.json", metrics)
     write_json_atomic(folder / "val_per_category.json",
-                per_category[seeds[0]] if len(seeds) == 1 else {str(s): v for s, v in per_category.items()})
+                      per_category[seeds[0]] if len(seeds) == 1 else {str(s): v for s, v in per_category.items()})
     return metrics
 
 

@@ -97,7 +97,6 @@ class PEP(nn.Module):
         h = -(-target["size"][0] // MASK_STRIDE)
         w = -(-target["size"][1] // MASK_STRIDE)
         probs = MaskLearning.mask_logits(feature, d).sigmoid()
-        probs = probs.clone()
         probs[:, h:, :] = 0  # nothing of an instance lies in the batch's padding
         probs[:, :, w:] = 0
         binary = probs > inf["mask_threshold"]

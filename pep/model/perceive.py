@@ -174,8 +174,9 @@ class SemanticsPerceiving(nn.Module):
             neg_scores = scores[b].masked_fill(t.gt_index >= 0, -1.0)
             neg = torch.topk(neg_scores, min(n_neg, int((t.gt_index < 0).sum()))).indices
             cells = torch.cat([pos, neg])
-            picks.append((b, cells, t))
-        return self._gather(descs, picks, scores=None)
+            picks.append((b, cells, t.labels[cells], torch.zeros(len(cells), device=descs.device),
+                          t.gt_index[cells]))
+        return self._gather(descs, picks)
 
     @torch.no_grad()
     def select_inference(self, descs: torch.Tensor, logits: torch.Tensor) -> Descriptors:
@@ -195,17 +196,13 @@ class SemanticsPerceiving(nn.Module):
             if len(value) > self.cfg["max_descriptors"]:
                 top = torch.topk(value, self.cfg["max_descriptors"]).indices
                 cell, label, value = cell[top], label[top], value[top]
-            picks.append((b, cell, (label, value)))
-        return self._gather(descs, picks, scores=True)
+            picks.append((b, cell, label, value, torch.full_like(cell, -1)))
+        return self._gather(descs, picks)
 
-    def _gather(self, descs: torch.Tensor, picks: list, scores) -> Descriptors:
+    def _gather(self, descs: torch.Tensor, picks: list) -> Descriptors:
+        """Descriptors of the picked cells; picks are (image, cells, labels, scores, gt_index)."""
         parts = []
-        for b, cells, extra in picks:
-            if scores is None:  # training: extra is the image's LevelTargets
-                labels, value, gt = extra.labels[cells], torch.zeros(len(cells), device=descs.device), extra.gt_index[cells]
-            else:
-                labels, value = extra
-                gt = torch.full_like(cells, -1)
+        for b, cells, labels, value, gt in picks:
             parts.append(Descriptors(
                 kernels=descs[b, cells], image=torch.full_like(cells, b), level=self.cell_level[cells],
                 cell_y=self.cell_y[cells], cell_x=self.cell_x[cells], labels=labels, scores=value,
