@@ -31,6 +31,7 @@ from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
+from pep.data.validate import missing_file_hint
 from pep.errors import PepError
 from pep.jsonfile import read_json
 
@@ -47,6 +48,14 @@ def load_coco(annotation_file: str | Path) -> COCO:
                         f"; `pep data validate --annotations {path} --images DIR` says more")
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
         raise PepError(f"{path}: not a COCO annotation file (no 'images' list)")
+    annotations = dataset.get("annotations")
+    if isinstance(annotations, list) and any(isinstance(a, dict) and a.get("id") == 0 for a in annotations):
+        # COCOeval stores the id of a detection's matched ground truth and reads 0 as "no match",
+        # so a true positive on annotation 0 would count as a false one; ids are ours to choose
+        log.info("%s: annotation ids include 0; renumbered 1..%d for pycocotools", path.name, len(annotations))
+        for number, ann in enumerate(annotations, 1):
+            if isinstance(ann, dict):
+                ann["id"] = number
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
@@ -145,6 +154,26 @@ class CocoInstances(Dataset):
         if not ids:
             raise PepError(f"{self.annotation_file}: no images to use")
         self.image_ids = ids
+        self._check_files_exist()
+
+    def _check_files_exist(self) -> None:
+        """Stop now, not hours into training, when image files are missing (one stat each)."""
+        if not self.image_dir.is_dir():
+            raise PepError(f"{self.image_dir}: image folder of {self.annotation_file.name} not found")
+        missing = []
+        for image_id in self.image_ids:
+            name = self.coco.imgs[image_id].get("file_name")
+            if not isinstance(name, str):
+                raise PepError(f"{self.annotation_file}: image_id {image_id} has no 'file_name' string")
+            if not (self.image_dir / name).is_file():
+                missing.append(name)
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more"
+                                                                if len(missing) > 5 else "")
+            raise PepError(f"{self.annotation_file}: {len(missing)} of {len(self.image_ids)} image file(s) "
+                           f"missing in {self.image_dir}: {shown}{missing_file_hint(self.image_dir, missing[0])}; "
+                           f"`pep data validate --annotations {self.annotation_file} --images "
+                           f"{self.image_dir}` lists every problem")
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -159,7 +188,8 @@ class CocoInstances(Dataset):
             with Image.open(path) as im:
                 pixels = np.asarray(im.convert("RGB"))
         except (OSError, UnidentifiedImageError) as exc:
-            what = "missing" if not path.exists() else f"unreadable ({exc})"
+            what = ("missing" + missing_file_hint(self.image_dir, info["file_name"]) if not path.exists()
+                    else f"unreadable ({exc})")
             raise PepError(f"{path}: image of image_id {image_id} in {self.annotation_file.name} "
                            f"is {what}") from None
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)

@@ -52,6 +52,8 @@ KINDS: dict[str, tuple[Severity, str]] = {
                                       "of which pycocotools ignores the last"),
     "category_id_zero": ("warning", "category id 0, which other tools reserve for background; "
                                     "this pipeline maps ids itself"),
+    "annotation_id_zero": ("warning", "annotation id 0, which pycocotools' evaluation takes for "
+                                      "'unmatched'; this pipeline renumbers annotation ids on loading"),
     "duplicate_file_name": ("warning", "one image file listed by more than one image record"),
 }
 
@@ -393,6 +395,8 @@ def _check_annotations(report: ValidationReport, annotations: list | None,
             continue
         where = _where("annotations", i, record)
         if "id" in good:
+            if record["id"] == 0:
+                report.add("annotation_id_zero", f"{where}: 'id' is 0")
             if record["id"] in seen:
                 report.add("duplicate_annotation_id", f"{where}: id {record['id']} is also used by "
                                                       f"annotations[{seen[record['id']]}]")
@@ -501,6 +505,22 @@ def _rle_string_counts(s: str) -> list[int] | None:
 
 # --- image files ---
 
+def missing_file_hint(folder: Path, file_name: str) -> str:
+    """What to change when `file_name` is not under `folder` but its base name is: labelling
+    tools often write a sub-folder prefix (`images/x.jpg`, `val2017/x.jpg`). '' otherwise."""
+    parts = [p for p in re.split(r"[\\/]", file_name) if p]
+    base = parts[-1] if parts else file_name
+    if base == file_name or not (folder / base).is_file():
+        return ""
+    prefix = parts[:-1]
+    hint = (f"; found as {base} directly in {folder}: strip the prefix "
+            f"{'/'.join(prefix) + '/'!r} from the 'file_name' fields")
+    if prefix and len(prefix) < len(folder.parts) and list(folder.parts[-len(prefix):]) == prefix:
+        hint += (f", or give the folder that holds {'/'.join(prefix)}/ as the images folder: "
+                 f"{folder.parents[len(prefix) - 1]}")
+    return hint
+
+
 def _check_files(report: ValidationReport, images: dict[int, _ImageRecord], progress: bool) -> None:
     """Open each listed image's header (the loader reads with PIL too): present, an image,
     the right size."""
@@ -514,11 +534,8 @@ def _check_files(report: ValidationReport, images: dict[int, _ImageRecord], prog
                        disable=None if progress else True):
         path = folder / record.file_name
         if not path.is_file():
-            base = re.split(r"[\\/]", record.file_name)[-1]
-            hint = (f"; found as {base} directly in {folder}: strip the prefix"
-                    if base != record.file_name and (folder / base).is_file() else "")
-            report.add("image_missing_on_disk",
-                       f"{record.where}: 'file_name' {record.file_name!r} is not in {folder}{hint}")
+            report.add("image_missing_on_disk", f"{record.where}: 'file_name' {record.file_name!r} "
+                                                f"is not in {folder}{missing_file_hint(folder, record.file_name)}")
             continue
         try:
             with Image.open(path) as im:
