@@ -14,6 +14,8 @@ pycocotools' COCOeval is the reference; this module only guards its edges (DESIG
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import io
 import json
 import math
@@ -22,7 +24,7 @@ import re
 import zipfile
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -263,3 +265,69 @@ def eval_results_command(gt_path: str | Path, results_path: str | Path, iou_type
     """What `pep eval-results GT_JSON RESULTS_JSON` prints: the 12 stats as fractions, exactly
     as pycocotools gives them, keyed by STAT_KEYS."""
     return evaluate(gt_path, results_path, iou_type)["stats"]
+
+
+def bootstrap_ap(gt: COCO | str | Path, results: list[dict], resamples: int | Sequence[Sequence[int]],
+                 seed: int = 0, iou_type: str = "segm") -> dict:
+    """AP (IoU .50:.95, area all, 100 detections) of `results` on bootstrap resamples of the
+    ground truth's images, for paired intervals between variants.
+
+    `resamples` is a count B (B draws of len(images) image ids with replacement, from
+    numpy's default_rng(seed) over the sorted image ids: the same draws for any results on the
+    same images, so that differences between variants are paired) or explicit lists of ids.
+    COCOeval.evaluate() runs once; each resample then only rebuilds evalImgs, which COCOeval
+    lays out per (category, area, image), by picking every drawn image's entries -- a duplicate
+    draw repeats them, as a copy of the image under a new id would -- and re-accumulates.
+    Returns {"B", "seed", "image_ids_hash" (of the sorted ids: which images were drawn from),
+    "AP": [AP per resample, a fraction; -1 where no category has ground truth]}.
+    """
+    if iou_type not in IOU_TYPES:
+        raise PepError(f"unknown iou type '{iou_type}' (expected one of: {', '.join(IOU_TYPES)})")
+    if not isinstance(gt, COCO):
+        gt = load_coco(gt)
+    records = []
+    for index, record in enumerate(results):
+        try:
+            records.append(_checked_record(record, gt, iou_type))
+        except ValueError as exc:
+            raise PepError(f"results: record {index} {exc}") from None
+    image_ids = sorted(gt.getImgIds())
+    if not image_ids:
+        raise PepError("no images to evaluate")
+    if isinstance(resamples, Integral):
+        if resamples < 1:
+            raise PepError(f"bootstrap resamples must be >= 1, got {resamples}")
+        rng = np.random.default_rng(seed)
+        draws = np.asarray(image_ids)[rng.integers(0, len(image_ids), size=(int(resamples), len(image_ids)))]
+    else:
+        draws = [[int(i) for i in draw] for draw in resamples]
+        unknown = sorted({i for draw in draws for i in draw} - set(image_ids))
+        if unknown:
+            raise PepError(f"resampled image ids not in the ground truth: {unknown[:10]}")
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = _private_copy(gt)
+        detections = gt.loadRes(records) if records else _no_detections(gt)
+        coco_eval = COCOeval(gt, detections, iou_type)
+        coco_eval.params.imgIds = image_ids
+        coco_eval.evaluate()
+        full, evaluated = coco_eval.params, coco_eval.evalImgs
+        n_images, n_areas = len(full.imgIds), len(full.areaRng)
+        area = full.areaRngLbl.index("all")
+        position = {image_id: i for i, image_id in enumerate(full.imgIds)}
+        # Only AP is wanted: accumulate over area "all" and 100 detections, not the 4 x 3 grid.
+        sub = copy.deepcopy(full)
+        sub.areaRng, sub.areaRngLbl, sub.maxDets = [full.areaRng[area]], ["all"], [100]
+        aps = []
+        for draw in draws:
+            picked = [position[int(i)] for i in draw]
+            coco_eval.evalImgs = [evaluated[(k * n_areas + area) * n_images + i]
+                                  for k in range(len(full.catIds)) for i in picked]
+            sub.imgIds = [int(i) for i in draw]
+            coco_eval._paramsEval = sub  # accumulate() reads the layout of evalImgs from here
+            coco_eval.accumulate(sub)
+            precision = coco_eval.eval["precision"][:, :, :, 0, 0]
+            valid = precision[precision > -1]
+            aps.append(float(np.mean(valid)) if valid.size else -1.0)
+    digest = hashlib.sha256(json.dumps(image_ids).encode("ascii")).hexdigest()[:16]
+    return {"B": len(aps), "seed": int(seed), "image_ids_hash": digest, "AP": aps}

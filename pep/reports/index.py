@@ -1,0 +1,93 @@
+"""reports/README.md: what the reports hold and what produced them.
+
+Written by `pep tables` after the tables: links every table and figure (a figure `pep figures`
+has not drawn yet is listed as "not built yet"), names the data set, profile, git commit and
+parameters (the params hash of pep.tracking and the settings that shape the numbers), and embeds
+the ablation table's Markdown so that the page reads on its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from pep.config import output_path
+from pep.reports.tables import SERVER_FOLDER, TABLES_FOLDER, Table, dataset_name, to_markdown
+from pep.tracking import params_hash
+
+FIGURES = (("training_curves.png", "training curves: losses and learning rate against images seen"),
+           ("ap_per_variant.png", "mask AP per variant, seeds and intervals"),
+           ("qualitative.png", "qualitative results: val images, ground truth and each variant"))
+TABLE_FORMATS = ("md", "tex", "csv")
+
+
+def git_short_commit(folder: Path) -> str:
+    """`git rev-parse --short HEAD` of the project, marked when tracked files changed since;
+    "unknown" outside a git checkout or without git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def key_settings(cfg: dict) -> list[tuple[str, str]]:
+    model, train, data = cfg["model"], cfg["train"], cfg["data"]
+    return [
+        ("backbone", f"ResNet-{model['backbone']['depth']}-FPN, "
+                     f"{'ImageNet' if model['backbone']['pretrained'] else 'from scratch'}, "
+                     f"FPN {model['fpn_channels']} channels, levels {', '.join(model['levels']['features'])}"),
+        ("heads", f"{model['head']['convs']} conv(s) x {model['head']['channels']} channels per tower, "
+                  f"descriptors D = {model['descriptor_dim']}"),
+        ("input", f"shorter side {data['input']['train_min_size']} (train), "
+                  f"{data['input']['test_min_size']} (test), max {data['input']['max_size']}"),
+        ("training", f"{train['optimizer']} lr {train['lr']}, batch {train['batch_size']}, "
+                     f"{train['epochs']} epochs, {train['schedule']} schedule"),
+        ("seeds", ", ".join(str(s) for s in train["seeds"])),
+        ("bootstrap", f"{cfg['evaluate']['bootstrap']['resamples']} resamples of the val images, "
+                      f"seed {cfg['evaluate']['bootstrap']['seed']}"),
+    ]
+
+
+def write_index(cfg: dict, tables: dict[str, Table]) -> Path:
+    reports = output_path(cfg, "reports")
+    tables_rel = "/".join(TABLES_FOLDER[1:])
+    lines = ["# Reports", "",
+             "Written by `pep tables` from `metrics/` (do not edit by hand: it is rewritten on "
+             "every run).", "",
+             "## What produced them", "",
+             "| | |", "|:---|:---|",
+             f"| data set | {dataset_name(cfg)} (`data.source: {cfg['data']['source']}`, "
+             f"`data.root: {cfg['data']['root']}`) |",
+             f"| profile | `{cfg['profile']}` |",
+             f"| git commit | `{git_short_commit(Path(cfg['params_file']).parent if 'params_file' in cfg else reports)}` |",
+             f"| parameters | hash `{params_hash(cfg)}` (pep.tracking.params_hash: the settings that "
+             "shape the trained model) |"]
+    lines += [f"| {name} | {value} |" for name, value in key_settings(cfg)]
+    lines += ["", "## Tables", ""]
+    for name, what in (("ablation", "the paper's Table 2: the four variants on val, with costs and "
+                                    "the paper's numbers beside ours"),
+                       ("comparison", "the paper's Table 1: published methods on COCO test-dev, "
+                                      "and ours")):
+        links = ", ".join(f"[{fmt}]({tables_rel}/{name}.{fmt})" for fmt in TABLE_FORMATS)
+        lines.append(f"- **{name}** ({links}): {what}")
+    lines += ["", f"Our COCO test-dev rows come from `{'/'.join(SERVER_FOLDER)}/<variant>.json`, the "
+              "COCO server's numbers for a submission, committed by a person (format: "
+              "`pep/reports/tables.py`).", "", "## Figures", ""]
+    for file, what in FIGURES:
+        path = reports / "figures" / file
+        if path.exists():
+            lines.append(f"- [{file}](figures/{file}): {what}")
+        else:
+            lines.append(f"- {file}: {what} -- not built yet (`pep figures`)")
+    lines += ["", "## Ablation", "", to_markdown(tables["ablation"]).rstrip("\n"), ""]
+    reports.mkdir(parents=True, exist_ok=True)
+    path = reports / "README.md"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(path)
+    return path
