@@ -47,10 +47,55 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_coco(args: argparse.Namespace) -> int:
+    from pep.data.download import COCO_HOST, checksums, download_files, human_size, select_files
+
+    cfg = load_params(args.params, profile=args.profile)
+    download = cfg["data"]["download"]
+    names = args.files or download["files"]
+    source = cfg["data"]["source"]
+    if not names or (source == "synth" and not args.out):
+        raise PepError(f"profile '{cfg['profile']}' has data.source {source}"
+                       + (", which `pep data synth` generates" if source == "synth" else "")
+                       + (" and downloads nothing (data.download.files is empty)" if not names else "")
+                       + "; for COCO 2017 run `pep data coco --profile coco`, or name the archives "
+                         "with --files and the target folder with --out")
+    files = select_files(names, checksums(download["md5"]))
+    out = args.out or resolve_data_path(cfg, "root")
+    base = args.mirror or download["mirror"] or COCO_HOST
+    outcomes = download_files(files, base, out, keep_archives=args.keep_archives or download["keep_archives"],
+                              progress=not args.quiet)
+    fetched = sum(o.downloaded for o in outcomes)
+    unpacked = sum(o.extracted for o in outcomes)
+    print(f"{out}: {len(outcomes)} archive(s) ready; downloaded {human_size(fetched)}, extracted "
+          f"{unpacked} archive(s)" + ("" if fetched or unpacked else " (all were already in place)"))
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from pep.data.prepare import prepare
+
+    cfg = load_params(args.params)
+    summary = prepare(cfg, progress=not args.quiet, mirror=args.mirror)
+    print(f"profile {cfg['profile']}: {summary['source']} data at {summary['root']}: {summary['done']}")
+    return 0
+
+
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from pep.data.validate import validate_dataset
 
-    report = validate_dataset(args.annotations, args.images, check_images=not args.skip_image_check,
+    if args.split:
+        if args.annotations or args.images:
+            raise PepError("give either --split or --annotations and --images, not both")
+        cfg = load_params(args.params)
+        annotations = resolve_data_path(cfg, f"{args.split}_annotations")
+        images = resolve_data_path(cfg, f"{args.split}_images")
+    elif args.annotations and args.images:
+        annotations, images = args.annotations, args.images
+    else:
+        raise PepError("name the data set to check: --split train|val (paths from params), "
+                       "or --annotations FILE and --images FOLDER")
+    report = validate_dataset(annotations, images, check_images=not args.skip_image_check,
                               progress=not args.quiet)
     print(report.summary(max_examples=args.examples))
     if args.report:
@@ -68,11 +113,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from pep import distributed
     from pep.config import run_dir
+    from pep.engine import checkpoint
     from pep.engine.curves import plot_training_curves
     from pep.engine.train import train
     from pep.tracking import Tracker
 
     cfg = load_params(args.params)
+    processes = distributed.processes_to_launch(cfg["train"])
+    if processes > 1 and not distributed.under_launcher():
+        # One command for dvc, Snakemake and SLURM jobs: it starts torchrun itself.
+        import subprocess
+
+        command = distributed.torchrun_command(processes, args.argv)
+        log.info("launching %d training processes: %s", processes, " ".join(command))
+        return subprocess.call(command)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         for seed in _seeds(cfg, args.seed):
@@ -91,9 +145,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                     print(f"trained {args.variant} seed {seed}: {summary['iterations']} iterations, "
                           f"{summary['images_seen']} images in {summary['train_time_s']:.0f} s -> "
                           f"{folder / 'model_final.pt'}")
+        if main_rank and args.max_iters is None:
+            # Every seed is done: the checkpoints have served (a crash in a later seed resumed the
+            # earlier ones at their end). Without them, the next run of this stage, which
+            # dvc or Snakemake start only when code or settings changed, trains afresh.
+            for seed in _seeds(cfg, args.seed):
+                checkpoint.remove_checkpoints(run_dir(cfg, args.variant, seed))
     finally:
         distributed.shutdown()
     return 0
+
+
+def _device(cfg: dict):
+    """Evaluation runs where training does (train.device: a GPU when there is one, for `auto`)."""
+    from pep.distributed import choose_device
+
+    return choose_device(cfg["train"]["device"])
 
 
 def _tracker_factory(cfg: dict, variant: str, enabled: bool):
@@ -109,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.split != "val":
         raise PepError("`pep evaluate` scores the val split; test-dev has no public ground truth: "
                        "use `pep predict --split test-dev`")
-    metrics = evaluate_variant(cfg, args.variant, _seeds(cfg, args.seed),
+    metrics = evaluate_variant(cfg, args.variant, _seeds(cfg, args.seed), device=_device(cfg),
                                tracker_factory=_tracker_factory(cfg, args.variant, not args.no_tracking),
                                progress=not args.quiet)
     print(f"{args.variant} val: " + ", ".join(f"{k} {metrics[k]:.1f}" for k in
@@ -124,7 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.split != "test-dev":
         raise PepError("`pep predict` writes the test-dev submission; score val with `pep evaluate`")
     seed = _seeds(cfg, args.seed)[0]
-    summary = predict_test_dev(cfg, args.variant, seed, progress=not args.quiet)
+    summary = predict_test_dev(cfg, args.variant, seed, device=_device(cfg), progress=not args.quiet)
     line = f"{args.variant} test-dev: {summary['detections']} detections on {summary['images']} images -> {summary['submission']}"
     if "metrics" in summary:
         line += f" (scored locally: AP {summary['metrics']['AP']:.1f})"
@@ -144,6 +211,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     print(format_comparison(compare_runs(load_params(args.params))))
     return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from pep.reports.figures import make_figures
+
+    for path in make_figures(load_params(args.params), args.score_threshold, args.images):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from pep.reports.index import write_index
+    from pep.reports.tables import write_tables
+
+    cfg = load_params(args.params)
+    tables = write_tables(cfg)
+    index = write_index(cfg, tables)
+    for table in tables.values():
+        print(f"wrote {table.name}.md/.tex/.csv ({len(table.cells)} rows)")
+    print(f"wrote {index}")
+    return 0
+
+
+def cmd_check_results(args: argparse.Namespace) -> int:
+    from pep.reports.check import EXPECTED_FILE, check_results, format_checks
+
+    checks = check_results(load_params(args.params), args.expected or EXPECTED_FILE)
+    print(format_checks(checks))
+    drifted = [c for c in checks if not c.ok]
+    for check in drifted:
+        print(f"pep: drifted: {check.describe()}", file=sys.stderr)
+    return 1 if drifted else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,9 +265,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synth)
 
+    p = data_sub.add_parser("coco", help="download, verify (md5) and unpack COCO 2017; resumable, "
+                                         "skips what is already in place")
+    _add_params_arg(p)
+    p.add_argument("--profile", help="use this profile's data section (e.g. coco) instead of the "
+                                     "file's `profile` key")
+    p.add_argument("--out", type=Path, help="target folder (default: data.root of the profile)")
+    p.add_argument("--mirror", help="base URL replacing the official host, same relative paths "
+                                    "(default: data.download.mirror)")
+    p.add_argument("--files", nargs="+", metavar="NAME",
+                   help="archives to fetch, e.g. zips/val2017.zip (default: data.download.files)")
+    p.add_argument("--keep-archives", action="store_true",
+                   help="keep the zips after extraction (default: data.download.keep_archives)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_data_coco)
+
+    p = data_sub.add_parser("prepare", help="the pipeline's data stage: generate, download or check the "
+                                            "profile's data set (data.source)")
+    _add_params_arg(p)
+    p.add_argument("--mirror", help="coco only: base URL replacing the official host")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_data_prepare)
+
     p = data_sub.add_parser("validate", help="check a COCO-format data set before training on it")
-    p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON file")
-    p.add_argument("--images", type=Path, required=True, help="folder of the images it lists")
+    _add_params_arg(p)
+    p.add_argument("--split", choices=["train", "val"], help="check this split of the params' data set")
+    p.add_argument("--annotations", type=Path, help="COCO instances JSON file")
+    p.add_argument("--images", type=Path, help="folder of the images it lists")
     p.add_argument("--report", type=Path, help="also write the findings as JSON here")
     p.add_argument("--examples", type=int, default=3, help="examples shown per kind of problem")
     p.add_argument("--skip-image-check", action="store_true",
@@ -212,11 +335,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the experiment's MLflow runs side by side")
     _add_params_arg(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("figures", help="training curves, AP per variant and a qualitative grid "
+                                       "as PNGs under reports/figures/")
+    _add_params_arg(p)
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="detections drawn in the qualitative grid score at least this (default: 0.3)")
+    p.add_argument("--images", type=int, default=4, help="val images (rows) in the qualitative grid")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("tables", help="the ablation and comparison tables (md, tex, csv) under "
+                                      "reports/tables/, and reports/README.md")
+    _add_params_arg(p)
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("check-results", help="compare metrics/<variant>/val.json with the expected "
+                                             "values; exit 1 naming each drifted number")
+    _add_params_arg(p)
+    p.add_argument("--expected", type=Path, help="expected values and tolerances "
+                                                 "(default: pep/reports/expected_results.yaml)")
+    p.set_defaults(func=cmd_check_results)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -26,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 VARIANTS = ("baseline", "excavate", "purify", "pep")
-SECTIONS = ("data", "model", "variants", "train", "evaluate", "tracking")
+SECTIONS = ("data", "model", "variants", "train", "evaluate", "tracking", "cluster")
 
 
 class ConfigError(PepError):
@@ -141,6 +141,12 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
         out.append(("data.synth.object_size",
                     f"largest object ({synth['object_size'][1]} px) does not fit the smallest "
                     f"image ({synth['image_size'][0]} px)"))
+    backbone = cfg["model"]["backbone"]
+    if backbone["norm"] == "frozen_batch" and not backbone["pretrained"]:
+        # Frozen statistics of untrained weights are the identity: through a deep ResNet the
+        # activations grow until float16 overflows (NaN in the first step, seen on an H200).
+        out.append(("model.backbone.norm", "frozen_batch keeps the statistics of ImageNet weights, "
+                                           "but pretrained is false: use norm: batch"))
     inp = cfg["data"]["input"]
     for size in [*inp["train_min_size"], inp["test_min_size"]]:
         if size > inp["max_size"]:
@@ -248,7 +254,14 @@ def output_path(cfg: dict, *parts: str) -> Path:
 
 
 def run_dir(cfg: dict, variant: str, seed: int) -> Path:
+    """Training's folder: checkpoints, the final model, the training log."""
     return output_path(cfg, "runs", variant, f"seed{seed}")
+
+
+def results_path(cfg: dict, variant: str, seed: int, split: str = "val") -> Path:
+    """Raw COCO results of one model on one split. Not under runs/: that folder is training's
+    output, and a file written into it by evaluation would look like a change to training."""
+    return output_path(cfg, "results", variant, f"seed{seed}", f"results_{split}.json")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

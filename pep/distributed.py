@@ -54,6 +54,30 @@ def init(device_setting: str) -> Context:
     return Context(rank, world_size, local_rank, device)
 
 
+def processes_to_launch(train_cfg: dict) -> int:
+    """How many training processes this node should run: train.processes, where `auto` means
+    one per visible GPU (inside a SLURM allocation, the GPUs it was given) and 1 on a CPU."""
+    setting = train_cfg["processes"]
+    if setting != "auto":
+        return int(setting)
+    if train_cfg["device"] == "cpu" or not torch.cuda.is_available():
+        return 1
+    return torch.cuda.device_count()
+
+
+def under_launcher() -> bool:
+    """True inside a process that torchrun started."""
+    return "LOCAL_RANK" in os.environ
+
+
+def torchrun_command(processes: int, argv: list[str]) -> list[str]:
+    """The same `pep` command, run by torchrun as `processes` workers on this node."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={processes}", "-m", "pep.cli", *argv]
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -77,15 +77,19 @@ def tracking_uri(cfg: dict) -> str:
 
 # Settings that do not change what training produces: evaluating with another batch size, or
 # adding a seed to train.seeds, must still find the training run it belongs to.
-_NOT_HASHED = {"params_file", "evaluate", "tracking"}
+_NOT_HASHED = {"params_file", "evaluate", "tracking", "cluster"}
 _NOT_HASHED_TRAIN = {"seeds", "log_every_iters", "checkpoint_every_iters"}
 
 
-def params_hash(cfg: dict) -> str:
-    """12 hex chars that change when a parameter that shapes the trained model does."""
+def params_hash(cfg: dict, variant: str | None = None) -> str:
+    """12 hex chars that change when a parameter that shapes the trained model does. With a
+    variant, the other variants' settings are left out: editing one variant leaves the others'
+    runs (and checkpoints) valid."""
     effective = {key: value for key, value in cfg.items() if key not in _NOT_HASHED}
     if isinstance(effective.get("train"), dict):
         effective["train"] = {k: v for k, v in effective["train"].items() if k not in _NOT_HASHED_TRAIN}
+    if variant is not None and isinstance(effective.get("variants"), dict):
+        effective["variants"] = {variant: effective["variants"].get(variant)}
     canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
@@ -228,7 +232,7 @@ class Tracker:
     def identity_tags(self) -> dict[str, str]:
         """The tags that find this run again."""
         return {"variant": self.variant, "seed": str(self.seed), "dataset": dataset_tag(self.cfg),
-                "params_hash": params_hash(self.cfg)}
+                "params_hash": params_hash(self.cfg, self.variant)}
 
     def start(self, stage: str) -> "Tracker":
         """Open the run for `stage` ("train" or "evaluate"): resumed, joined or new (see module)."""

@@ -95,7 +95,7 @@ def test_deep_merge_merges_dicts_and_replaces_lists():
     (lambda r: r["profiles"]["coco"]["model"]["levels"].update(grids=[40, 36]),
      "profiles.coco.model.levels.grids: has 2 entries but model.levels.features has 5"),
     (lambda r: r["data"]["synth"].update(object_size=[30, 20]), "data.synth.object_size: expected [low, high] with low <= high"),
-    (lambda r: r["train"].update(schedule="step", lr_steps=[9, 20]), "train.lr_steps: steps [20] are not before the last epoch (12)"),
+    (lambda r: r["train"].update(schedule="step", lr_steps=[4, 20]), "train.lr_steps: steps [20] are not before the last epoch (6)"),
     (lambda r: r["model"]["head"].update(channels=48), "model.head.channels: 48 channels cannot be split into model.head.norm_groups=32"),
 ])
 def test_each_mistake_is_named(tmp_path, raw, mutate, expected):

@@ -136,7 +136,7 @@ def test_train_then_evaluate_share_one_run_on_a_server(cfg, mlflow_server, monke
     (run,) = runs_of(client, "pep-http", "pep", 0)
     assert run.info.run_id == train_run and run.info.status == "FINISHED"
     tags = run.data.tags
-    assert tags["dataset"] == "synth:synth" and tags["params_hash"] == params_hash(cfg)
+    assert tags["dataset"] == "synth:default" and tags["params_hash"] == params_hash(cfg, "pep")
     assert tags["stage_train"] == tags["stage_evaluate"] == "done"
     assert tags["git_commit"] and "orphan_evaluation" not in tags
     params = run.data.params

@@ -176,7 +176,7 @@ def test_evaluate_predict_and_tracking_after_training(reference):
         assert isinstance(metrics[key], (int, float)) and (metrics[key] == -1 or 0 <= metrics[key] <= 100)
     assert set(metrics["bbox"]) >= {"AP", "AP50"} and metrics["params"] > 0 and metrics["flops_per_image"] > 0
     assert (folder / "metrics/pep/val_per_category.json").exists()
-    results = json.loads((folder / "runs/pep/seed0/results_val.json").read_text())
+    results = json.loads((folder / "results/pep/seed0/results_val.json").read_text())
     assert all("bbox" not in r and isinstance(r["segmentation"]["counts"], str) for r in results)
 
     out = pep_cmd("predict", "--params", str(reference), "--variant", "pep", "-q", cwd=folder).stdout

@@ -62,6 +62,18 @@ def load_latest_valid(run_dir: Path, map_location="cpu") -> tuple[dict, Path] | 
     return None, None
 
 
+def remove_checkpoints(run_dir: Path) -> None:
+    for path in list_checkpoints(run_dir):
+        path.unlink(missing_ok=True)
+
+
+def remove_all(run_dir: Path) -> None:
+    """Forget a run: its checkpoints, final model and training log."""
+    remove_checkpoints(run_dir)
+    for name in ("model_final.pt", "train_log.jsonl"):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
 def prune(run_dir: Path, keep: int = 2) -> None:
     """Keep the `keep` newest checkpoints; older ones only cost disk."""
     for path in list_checkpoints(run_dir)[keep:]:

@@ -5,7 +5,7 @@ evaluate (val): results of every seed's model, COCO segm and bbox stats, written
                                         there are several, with each seed's beside them), the
                                         bbox stats, and the cost figures the tables need
   metrics/<variant>/val_per_category.json
-  runs/<variant>/seed<k>/results_val.json   the raw COCO results
+  results/<variant>/seed<k>/results_val.json   the raw COCO results
 predict (test-dev): the COCO server's upload, submissions/<variant>/detections_test-dev2017_
   <algorithm>-<variant>_results.zip; where a local ground truth exists (the synthetic set keeps
   one aside), it is scored as the server would, into metrics/<variant>/test-dev.json.
@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from pep import evaluation
-from pep.config import output_path, resolve_data_path, run_dir
+from pep.config import output_path, resolve_data_path, results_path
 from pep.data.coco import CocoInstances, Collate, build_dataset, load_coco
 from pep.data.synth import PRIVATE_TEST_DEV_GT
 from pep.engine.train import load_trained
@@ -67,16 +67,20 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
     gt = load_coco(resolve_data_path(cfg, "val_annotations"))
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     per_seed, per_category, bbox, extras, first_model = {}, {}, {}, {}, None
+    bootstrap, resampled = cfg["evaluate"]["bootstrap"], {}
     for seed in seeds:
         model, final = load_trained(cfg, variant, seed, device)
         if first_model is None:  # params and FLOPs are the same for every seed
             first_model = model
         results, seconds = predict(model, dataset, cfg, torch.device(device), progress)
-        out = run_dir(cfg, variant, seed) / "results_val.json"
+        out = results_path(cfg, variant, seed, "val")
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results), encoding="utf-8")
         segm = evaluation.evaluate(gt, results, "segm")
         box = evaluation.evaluate(gt, evaluation.add_boxes(results), "bbox")
         per_seed[seed] = evaluation.stats_in_percent(segm["stats"])
+        if bootstrap["resamples"]:
+            resampled[seed] = evaluation.bootstrap_ap(gt, results, bootstrap["resamples"], bootstrap["seed"])
         bbox[seed] = evaluation.stats_in_percent(box["stats"])
         per_category[seed] = {names[c]: round(100 * ap, 3) if ap >= 0 else -1
                               for c, ap in segm["per_category"].items()}
@@ -112,7 +116,23 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
     write_json_atomic(folder / "val.json", metrics)
     write_json_atomic(folder / "val_per_category.json",
                       per_category[seeds[0]] if len(seeds) == 1 else {str(s): v for s, v in per_category.items()})
+    _write_bootstrap(folder / "val_bootstrap.json", resampled, seeds)
     return metrics
+
+
+def _write_bootstrap(path, resampled: dict[int, dict], seeds: list[int]) -> None:
+    """val_bootstrap.json: mask AP (percent) per resample, the mean over seeds of each seed's
+    model on the same draw of images; removed when the bootstrap is off, so that no stale file
+    is paired with fresh metrics."""
+    if not resampled:
+        path.unlink(missing_ok=True)
+        return
+    first = resampled[seeds[0]]
+    per_draw = zip(*(r["AP"] for r in resampled.values()))
+    write_json_atomic(path, {
+        "B": first["B"], "seed": first["seed"], "image_ids_hash": first["image_ids_hash"],
+        "seeds": list(seeds), "unit": "percent",
+        "AP": [-1 if any(v < 0 for v in draw) else round(100 * statistics.mean(draw), 3) for draw in per_draw]})
 
 
 def predict_test_dev(cfg: dict, variant: str, seed: int, device="cpu", progress: bool = True) -> dict:
@@ -123,15 +143,20 @@ def predict_test_dev(cfg: dict, variant: str, seed: int, device="cpu", progress:
     algorithm = f"{cfg['evaluate']['algorithm_name']}-{variant}"
     zip_path = evaluation.write_submission(results, output_path(cfg, "submissions", variant), algorithm)
     summary = {"submission": str(zip_path), "detections": len(results), "images": len(dataset)}
+    record = {"variant": variant, "split": "test-dev", "seed": seed,
+              "submission": str(zip_path.relative_to(output_path(cfg))),
+              "detections": len(results), "images": len(dataset)}
     private = resolve_data_path(cfg, "root") / PRIVATE_TEST_DEV_GT
     if private.exists():  # the synthetic set: score it as the server would
         scored = evaluation.evaluate(load_coco(private), results, "segm")
-        metrics = {**evaluation.stats_in_percent(scored["stats"]), "variant": variant,
-                   "split": "test-dev", "seed": seed, "scored": "locally, against " + PRIVATE_TEST_DEV_GT}
-        folder = output_path(cfg, "metrics", variant)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "test-dev.json", metrics)
-        summary["metrics"] = metrics
+        summary["metrics"] = evaluation.stats_in_percent(scored["stats"])
+        record.update(summary["metrics"], scored="locally, against " + PRIVATE_TEST_DEV_GT)
+    else:  # real COCO: only the evaluation server knows the answer
+        record["scored"] = (f"not here: upload {zip_path.name} to the COCO server and commit its numbers "
+                            f"as reports/test-dev-server/{variant}.json")
+    folder = output_path(cfg, "metrics", variant)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "test-dev.json", record)
     return summary
 
 

@@ -46,10 +46,14 @@ class MaskLearning(nn.Module):
     @staticmethod
     def mask_logits(feature: torch.Tensor, descriptors: Descriptors) -> torch.Tensor:
         """(B, D, h, w) feature, N descriptors -> (N, h, w) logits (one 1x1 conv per descriptor)."""
-        out = feature.new_zeros((len(descriptors), *feature.shape[-2:]))
-        for b in descriptors.image.unique().tolist():
-            rows = descriptors.image == b
-            out[rows] = torch.einsum("nd,dhw->nhw", descriptors.kernels[rows], feature[b])
+        # In float32 even under mixed precision: the dice loss sums these over every pixel,
+        # which overflows float16 on COCO-sized masks.
+        with torch.autocast(feature.device.type, enabled=False):
+            feature = feature.float()
+            out = feature.new_zeros((len(descriptors), *feature.shape[-2:]))
+            for b in descriptors.image.unique().tolist():
+                rows = descriptors.image == b
+                out[rows] = torch.einsum("nd,dhw->nhw", descriptors.kernels[rows].float(), feature[b])
         return out
 
     def loss(self, feature: torch.Tensor, descriptors: Descriptors, gt_masks: torch.Tensor,

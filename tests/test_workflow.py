@@ -1,0 +1,362 @@
+"""One pipeline, two workflow tools: dvc.yaml and the Snakefile describe the same DAG, and both
+really run it, on this machine and (Snakemake) on a real one-node SLURM cluster.
+
+The end-to-end tests run the whole pipeline on a project copy whose params shrink the default
+profile (a few dozen images, one epoch); every command, output and dependency is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pep.config import PROJECT_ROOT, VARIANTS
+
+from slurm_cluster import job_info, run_snakemake_on_slurm  # noqa: E402  (tests/ is on sys.path)
+
+pytest_plugins = ["slurm_cluster"]
+
+BIN = PROJECT_ROOT / ".venv" / "bin"
+# What the project copy needs: the package (dvc.yaml names its files as dependencies), the two
+# workflow descriptions and the parameters.
+PROJECT_FILES = ("pep", "workflow", "dvc.yaml", "Snakefile", ".dvcignore", "environment.yml",
+                 "reports/test-dev-server")
+LOG_SUFFIX = re.compile(r" 2>&1 \| tee (\S+)$")  # Snakemake also keeps each job's output in a log
+TIMING_KEYS = {"train_time_s", "infer_ms_per_image"}
+
+
+def env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "MPLBACKEND": "Agg", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def sh(*cmd, cwd, timeout=900, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env(), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+# -- one DAG -------------------------------------------------------------------------------------
+
+def dvc_stages(root: Path) -> dict[str, dict]:
+    """Every stage of dvc.yaml, resolved (foreach expanded, ${...} filled in) by DVC itself."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    stages = {}
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            files = [d for d in stage.deps if not isinstance(d, ParamsDependency)]
+            params = [key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params]
+            stages[stage.addressing] = {
+                "cmd": stage.cmd,
+                "inputs": {os.path.relpath(d.fs_path, root) for d in files},
+                "outputs": {os.path.relpath(o.fs_path, root) for o in stage.outs},
+                "params": set(params)}
+    return stages
+
+
+def snakemake_jobs(root: Path) -> dict[str, dict]:
+    """Every job of a dry run from scratch, keyed like DVC's stages (`rule@wildcard`)."""
+    out = sh(BIN / "snakemake", "--dry-run", "--forceall", "--printshellcmds", cwd=root).stdout
+    jobs = {}
+    for block in re.split(r"\n(?=rule \w+:)", out):
+        head = re.match(r"rule (\w+):", block)
+        if not head or head.group(1) == "all":
+            continue
+        fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, re.M))
+        wildcards = dict(w.split("=", 1) for w in fields.get("wildcards", "").split(", ") if w)
+        name = head.group(1) + (f"@{next(iter(wildcards.values()))}" if wildcards else "")
+        command = re.search(r"^Shell command: (.*)$", block, re.M).group(1)
+        jobs[name] = {"cmd": LOG_SUFFIX.sub("", command), "wildcards": wildcards,
+                      "inputs": set(fields.get("input", "").split(", ")) - {""},
+                      "outputs": {o.removesuffix(" (update)") for o in fields["output"].split(", ")}}
+    return jobs
+
+
+def snakemake_params(root: Path) -> dict[str, set]:
+    """The params.yaml keys each job depends on (the keys of its `settings` param)."""
+    from types import SimpleNamespace
+
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import OutputSettings, ResourceSettings
+
+    found = {}
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+            workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile",
+                                    workdir=root)._workflow  # the parsed rules; no public accessor
+            for rule in workflow.rules:
+                if rule.name == "all":
+                    continue
+                settings = rule.params[0]
+                items = {"variant": VARIANTS, "split": ["train", "val"]}
+                wildcard = next((w for w in items if f"{{{w}" in str(rule.output)), None)
+                for item in (items[wildcard] if wildcard else [None]):
+                    value = settings(SimpleNamespace(**{wildcard: item})) if callable(settings) else settings
+                    found[rule.name + (f"@{item}" if item else "")] = set(value)
+    finally:
+        os.chdir(cwd)
+    return found
+
+
+def test_dvc_yaml_and_snakefile_describe_one_dag():
+    dvc = dvc_stages(PROJECT_ROOT)
+    smk = snakemake_jobs(PROJECT_ROOT)
+    params = snakemake_params(PROJECT_ROOT)
+    assert set(dvc) == set(smk), f"stages only in dvc.yaml: {set(dvc) - set(smk)}; only in the Snakefile: {set(smk) - set(dvc)}"
+    assert {"data", "tables", "figures", *(f"{s}@{v}" for s in ("train", "evaluate", "predict") for v in VARIANTS)} <= set(dvc)
+    for name, stage in dvc.items():
+        job = smk[name]
+        assert job["cmd"] == stage["cmd"], f"{name}: the commands differ"
+        assert job["inputs"] == stage["inputs"], f"{name}: inputs differ: {job['inputs'] ^ stage['inputs']}"
+        assert job["outputs"] == stage["outputs"], f"{name}: outputs differ: {job['outputs'] ^ stage['outputs']}"
+        assert params[name] == stage["params"], f"{name}: params differ: {params[name] ^ stage['params']}"
+    # a variant's own settings reach its chain alone
+    for stage in ("train", "evaluate", "predict"):
+        for variant in VARIANTS:
+            others = {f"variants.{v}" for v in VARIANTS if v != variant}
+            assert f"variants.{variant}" in dvc[f"{stage}@{variant}"]["params"]
+            assert not others & dvc[f"{stage}@{variant}"]["params"]
+
+
+def test_snakemake_lint_is_clean():
+    proc = sh(BIN / "snakemake", "--lint", cwd=PROJECT_ROOT, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_training_jobs_ask_slurm_for_what_params_say(tmp_path):
+    """The resources a training job asks for follow params.yaml `cluster` (the coco profile's
+    node of 8 GPUs here); the slurm plugin turns them into --gpus, --cpus-per-gpu, --mem, -t."""
+    project = copy_project(tmp_path / "p", {"profile": "coco"})
+    out = sh(BIN / "snakemake", "--dry-run", "--forceall", "runs/pep", cwd=project).stdout
+    block = out[out.index("rule train:"):]
+    resources = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block).group(1).split(", "))
+    assert resources["gpu"] == "8" and resources["cpus_per_gpu"] == "8" and resources["cpus_per_task"] == "0"
+    assert resources["mem_mb"] == "256000" and resources["runtime"] == "4320"
+
+
+# -- the pipeline, run ---------------------------------------------------------------------------
+
+def tiny_params(**overrides) -> dict:
+    """The default profile at a size that runs end to end in about a minute per tool."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["data"]["synth"].update(num_train=16, num_val=6, num_test_dev=4)
+    params["data"]["num_workers"] = 0
+    params["train"].update(epochs=1, batch_size=4, warmup_iters=2, log_every_iters=1, checkpoint_every_iters=2)
+    params["evaluate"]["bootstrap"]["resamples"] = 20
+    for job in ("train", "evaluate"):
+        params["cluster"][job].update(cpus=1, mem_mb=1000, runtime_min=10)
+    params.update(overrides)
+    return params
+
+
+def copy_project(dest: Path, overrides: dict | None = None) -> Path:
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = PROJECT_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(**(overrides or {})), sort_keys=False))
+    (dest / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/.snakemake/\n/logs/\n__pycache__/\n")
+    sh("git", "init", "-q", cwd=dest)
+    sh(BIN / "dvc", "init", "-q", cwd=dest)
+    sh(BIN / "dvc", "config", "core.analytics", "false", cwd=dest)
+    sh("git", "add", "-A", cwd=dest)
+    sh("git", "commit", "-qm", "project", cwd=dest)
+    return dest
+
+
+def result_numbers(root: Path) -> dict:
+    """Every variant's val and test-dev numbers, without the timings."""
+    out = {}
+    for variant in VARIANTS:
+        for name in ("val.json", "test-dev.json"):
+            data = json.loads((root / "metrics" / variant / name).read_text())
+            out[f"{variant}/{name}"] = {k: v for k, v in data.items() if k not in TIMING_KEYS}
+    return out
+
+
+EXPECTED_OUTPUTS = ("reports/tables/ablation.md", "reports/tables/ablation.tex", "reports/tables/comparison.csv",
+                    "reports/README.md", "reports/figures/training_curves.png", "reports/figures/qualitative.png",
+                    "reports/figures/ap_per_variant.png", "reports/plots/training_curves.csv",
+                    *(f"submissions/{v}/detections_test-dev2017_pep-{v}_results.zip" for v in VARIANTS))
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory) -> Path:
+    """The tiny pipeline run once by `dvc repro`, as `make demo` does."""
+    project = copy_project(tmp_path_factory.mktemp("dvc") / "project")
+    started = time.monotonic()
+    proc = sh(BIN / "dvc", "repro", cwd=project)
+    print(f"dvc repro: {time.monotonic() - started:.0f} s")
+    assert "Running stage 'figures'" in proc.stdout and "Running stage 'tables'" in proc.stdout
+    return project
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_pipeline_then_nothing(dvc_project):
+    for name in EXPECTED_OUTPUTS:
+        assert (dvc_project / name).stat().st_size > 0, name
+    ablation = (dvc_project / "reports/tables/ablation.md").read_text()
+    assert all(v in ablation for v in VARIANTS)
+    started = time.monotonic()
+    again = sh(BIN / "dvc", "repro", cwd=dvc_project)
+    print(f"no-op dvc repro: {time.monotonic() - started:.1f} s")
+    assert "Running stage" not in again.stdout and "up to date" in again.stdout
+    metrics = sh(BIN / "dvc", "metrics", "show", "--json", cwd=dvc_project).stdout
+    assert "metrics/pep/val.json" in metrics and '"AP"' in metrics
+    sh(BIN / "dvc", "plots", "show", "-o", "plots_html", cwd=dvc_project)
+    assert (dvc_project / "plots_html" / "index.html").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_one_variants_setting_reruns_its_chain_and_the_reports_only(dvc_project, tmp_path):
+    clone = tmp_path / "clone"
+    shutil.copytree(dvc_project, clone, symlinks=True)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["variants"]["purify"]["dedup"] = "matrix_nms"
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = sh(BIN / "dvc", "status", "--json", cwd=clone).stdout
+    changed = set(json.loads(status))
+    assert changed == {"train@purify", "evaluate@purify", "predict@purify"}, changed
+    proc = sh(BIN / "dvc", "repro", cwd=clone).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", proc))
+    assert ran == {"train@purify", "evaluate@purify", "predict@purify", "tables", "figures"}, ran
+
+
+@pytest.mark.slow
+def test_snakemake_makes_the_same_outputs_as_dvc(dvc_project, tmp_path):
+    project = copy_project(tmp_path / "smk")
+    sh(BIN / "snakemake", "--profile", "workflow/profiles/default", "--cores", "2", cwd=project)
+    for name in EXPECTED_OUTPUTS:
+        assert (project / name).stat().st_size > 0, name
+    assert result_numbers(project) == result_numbers(dvc_project)
+    dry = sh(BIN / "snakemake", "--dry-run", cwd=project).stdout
+    assert "Nothing to be done" in dry
+
+
+@pytest.mark.slow
+def test_results_travel_through_a_dvc_remote_without_retraining(dvc_project, tmp_path):
+    remote = tmp_path / "remote"
+    sh(BIN / "dvc", "remote", "add", "-d", "shared", str(remote), cwd=dvc_project)
+    sh("git", "add", "-A", cwd=dvc_project)
+    sh("git", "commit", "-qm", "results", cwd=dvc_project)
+    sh(BIN / "dvc", "push", cwd=dvc_project)
+
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(dvc_project), str(clone), cwd=tmp_path)
+    assert not list(clone.glob("runs/*/seed*/model_final.pt")) and not (clone / "data" / "default").exists()
+    # a change to the report code: the tables and figures must be rebuilt from pulled results
+    with open(clone / "pep" / "reports" / "__init__.py", "a") as f:
+        f.write("# a reader's edit\n")
+    proc = sh(BIN / "dvc", "repro", "--pull", "--allow-missing", cwd=clone)
+    ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
+    assert ran == {"tables", "figures"}, proc.stdout[-3000:]
+    assert not list(clone.glob("runs/*/seed*/ckpt_*.pt"))  # nothing was trained
+    assert (clone / "reports/tables/ablation.md").read_text() == (dvc_project / "reports/tables/ablation.md").read_text()
+    assert (clone / "reports/figures/qualitative.png").stat().st_size > 0
+    assert result_numbers(clone) == result_numbers(dvc_project)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_snakemake_runs_the_pipeline_through_slurm(slurm_cluster, dvc_project, tmp_path):
+    project = copy_project(tmp_path / "slurm")
+    run = run_snakemake_on_slurm(project, extra_args=["--jobs", "2"], timeout=780)
+    assert run.process.returncode == 0, run.process.stdout[-4000:] + run.process.stderr[-4000:]
+    # every job but the two local report rules went through SLURM, and finished there
+    submitted = len(run.job_ids)
+    assert submitted == 1 + 2 + 3 * len(VARIANTS), run.job_ids
+    states = {job_info(j).get("JobState") for j in run.job_ids}
+    assert states == {"COMPLETED"}, states
+    logs = list((project / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert {p.stem for p in logs} >= set(run.job_ids)
+    for name in EXPECTED_OUTPUTS:
+        assert (project / name).stat().st_size > 0, name
+    assert result_numbers(project) == result_numbers(dvc_project)
+
+
+# -- the paper's profile on real COCO images -----------------------------------------------------
+
+def coco_layout(dest: Path) -> Path:
+    """tiny_coco in COCO 2017's own layout, with a test-dev made of six val images (COCO's
+    image_info file lists images only, as the real one does)."""
+    from conftest import TINY_COCO
+
+    (dest / "annotations").mkdir(parents=True)
+    for name in ("train2017", "val2017"):
+        (dest / name).symlink_to(TINY_COCO / name)
+    (dest / "test2017").symlink_to(TINY_COCO / "val2017")
+    for split in ("train", "val"):
+        (dest / "annotations" / f"instances_{split}2017.json").symlink_to(
+            TINY_COCO / "annotations" / f"instances_{split}2017.json")
+    val = json.loads((TINY_COCO / "annotations" / "instances_val2017.json").read_text())
+    info = {"info": val.get("info", {}), "images": val["images"][:6], "categories": val["categories"]}
+    (dest / "annotations" / "image_info_test-dev2017.json").write_text(json.dumps(info))
+    return dest
+
+
+@pytest.mark.slow
+def test_the_coco_profile_runs_end_to_end_on_real_coco_images(tmp_path):
+    root = coco_layout(tmp_path / "coco")
+    shrunk = {  # the paper's recipe, shrunk to a CPU: sizes, widths, epochs
+        "data": {"root": str(root), "num_workers": 0,
+                 "input": {"train_min_size": [160], "test_min_size": 160, "max_size": 256}},
+        "model": {"backbone": {"depth": 18, "pretrained": False, "trainable_layers": 5, "norm": "batch"},
+                  "fpn_channels": 64, "head": {"convs": 1, "channels": 64}, "descriptor_dim": 64,
+                  "purify": {"embed_dim": 64},
+                  "levels": {"features": ["p3", "p4", "p5"], "grids": [24, 16, 8],
+                             "scale_ranges": [[1, 48], [24, 96], [48, 2048]]}},
+        "train": {"batch_size": 4, "epochs": 1, "lr_steps": [], "warmup_iters": 2, "checkpoint_every_iters": 4,
+                  "amp": False, "device": "cpu"},
+        "evaluate": {"bootstrap": {"resamples": 20}},
+        "cluster": {job: {"gpus": 0, "cpus": 1, "mem_mb": 1000, "runtime_min": 10} for job in ("train", "evaluate")},
+    }
+    params = tiny_params(profile="coco")
+    _deep_update(params["profiles"]["coco"], shrunk)
+    project = copy_project(tmp_path / "project")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = sh(BIN / "dvc", "repro", cwd=project, timeout=1200)
+    assert "COCO found in place" in proc.stdout  # nothing downloaded: the folders are there
+    manifest = json.loads((project / "data" / "coco" / "manifest.json").read_text())
+    assert manifest["root"] == str(root) and manifest["annotations"]["val_annotations"]["md5"]
+    for variant in VARIANTS:
+        val = json.loads((project / "metrics" / variant / "val.json").read_text())
+        assert 0 <= val["AP"] <= 100 and val["split"] == "val"
+        test_dev = json.loads((project / "metrics" / variant / "test-dev.json").read_text())
+        assert "AP" not in test_dev and "COCO server" in test_dev["scored"]
+        with zipfile.ZipFile(project / test_dev["submission"]) as z:
+            (name,) = z.namelist()
+            detections = json.loads(z.read(name))
+        assert name == f"detections_test-dev2017_pep-{variant}_results.json"
+        assert {d["image_id"] for d in detections} <= {i["id"] for i in json.loads(
+            (root / "annotations" / "image_info_test-dev2017.json").read_text())["images"]}
+    ablation = (project / "reports" / "tables" / "ablation.md").read_text()
+    assert all(v in ablation for v in VARIANTS)
+    assert (project / "reports" / "figures" / "qualitative.png").stat().st_size > 0
+
+
+def _deep_update(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value

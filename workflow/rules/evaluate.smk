@@ -1,0 +1,57 @@
+rule evaluate:
+    output:
+        directory("results/{variant}"),
+        "metrics/{variant}/val_per_category.json",
+        "metrics/{variant}/val_bootstrap.json",
+        "metrics/{variant}/val.json",
+    input:
+        "runs/{variant}",
+        DATA,
+        "reports/data/validate_val.json",
+        "pep/evaluation.py",
+        "pep/engine/evaluate.py",
+        "pep/model/postprocess.py",
+    params:
+        settings=variant_settings("profile", "data", "model", "variants.{variant}", "evaluate", "profiles"),
+    wildcard_constraints:
+        variant="|".join(VARIANTS),
+    resources:
+        gpu=cluster("evaluate", "gpus"),
+        cpus_per_gpu=cluster("evaluate", "cpus_per_gpu"),
+        cpus_per_task=cpus_per_task("evaluate"),
+        mem_mb=cluster("evaluate", "mem_mb"),
+        runtime=cluster("evaluate", "runtime_min"),
+    log:
+        "logs/evaluate/{variant}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "pep evaluate --variant {wildcards.variant} --quiet 2>&1 | tee {log}"
+
+
+rule predict:
+    output:
+        directory("submissions/{variant}"),
+        "metrics/{variant}/test-dev.json",
+    input:
+        "runs/{variant}",
+        DATA,
+        "pep/evaluation.py",
+        "pep/engine/evaluate.py",
+        "pep/model/postprocess.py",
+    params:
+        settings=variant_settings("profile", "data", "model", "variants.{variant}", "evaluate", "profiles"),
+    wildcard_constraints:
+        variant="|".join(VARIANTS),
+    resources:
+        gpu=cluster("evaluate", "gpus"),
+        cpus_per_gpu=cluster("evaluate", "cpus_per_gpu"),
+        cpus_per_task=cpus_per_task("evaluate"),
+        mem_mb=cluster("evaluate", "mem_mb"),
+        runtime=cluster("evaluate", "runtime_min"),
+    log:
+        "logs/predict/{variant}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "pep predict --variant {wildcards.variant} --split test-dev --quiet 2>&1 | tee {log}"
