@@ -142,7 +142,7 @@ def test_two_gloo_processes_train_the_model_of_one_process(tmp_path, small_synth
         raw["data"]["input"]["size_divisibility"] = 128  # shorter side 96, longer <= 128
         # SGD: Adam divides by the gradient's own scale, which magnifies float rounding in
         # near-zero gradients into visible weight differences
-        raw["train"].update(optimizer="sgd", lr=0.02)
+        raw["train"].update(optimizer="sgd", lr=0.02, amp=False)  # bf16 would round away 1e-5
         p.write_text(yaml.safe_dump(raw, sort_keys=False))
     common = ["train", "--variant", "pep", "--max-iters", "4", "--no-tracking"]
     pep_cmd(*common, "--params", str(one), cwd=one.parent)
@@ -211,11 +211,25 @@ def test_untrained_model_scores_zero_rather_than_crashing(tmp_path, small_synth)
 
 
 @pytest.mark.slow
+def test_pep_train_starts_torchrun_itself_for_several_processes(tmp_path, small_synth):
+    """train.processes > 1 (on GPUs `auto` = one per visible GPU): the plain `pep train` command
+    that dvc and Snakemake run relaunches itself under torchrun, here with two gloo processes."""
+    params = make_project(tmp_path / "two", small_synth, processes=2, device="cpu")
+    proc = pep_cmd("train", "--params", str(params), "--variant", "baseline", "--max-iters", "2",
+                   "--no-tracking", cwd=params.parent)
+    log = proc.stdout + proc.stderr
+    assert "launching 2 training processes" in log and "torch.distributed.run" in log
+    assert "on cpu x2" in log  # rank 0 of a world of two
+    assert (params.parent / "runs" / "baseline" / "seed0" / "model_final.pt").exists()
+
+
+@pytest.mark.slow
 def test_pep_learns_on_the_synthetic_set(tmp_path, default_params):
     """300 iterations (2,400 images, about 2.5 minutes on 2 cores) of the default profile's
-    `pep` on the default synthetic set. Measured when this test was written: mask AP 0.9,
-    AP50 3.5 (the `baseline` variant: 3.0 / 8.3), against 0.0 for the untrained model. The bar
-    is about half of that, far above chance; the demo's accuracy target belongs to the pipeline."""
+    `pep` on the default synthetic set, against 0.0 for the untrained model. The bar (AP50 >= 2,
+    AP >= 0.5) was set at about half of what the first, harder set of small objects gave (AP
+    0.9, AP50 3.5); the demo's set of mostly medium objects gives far more (printed below). It
+    is far above chance; the demo's accuracy belongs to the pipeline's measurement."""
     from pep.data.synth import generate
     from pep.engine.evaluate import evaluate_variant
 
@@ -231,4 +245,5 @@ def test_pep_learns_on_the_synthetic_set(tmp_path, default_params):
     summary = train(cfg, "pep", 0)
     assert summary["images_seen"] == 2400
     metrics = evaluate_variant(cfg, "pep", [0], progress=False)
+    print(f"pep after 2,400 images: AP {metrics['AP']:.1f}, AP50 {metrics['AP50']:.1f}")
     assert metrics["AP50"] >= 2.0 and metrics["AP"] >= 0.5, metrics
