@@ -157,8 +157,13 @@ def _read_results(path: Path) -> list:
 def _private_copy(gt: COCO) -> COCO:
     """COCOeval writes into the ground truth's annotations (RLE with bytes counts, an 'ignore'
     flag); scoring a shallow copy keeps the caller's COCO as loaded and JSON-serialisable."""
+    annotations = [dict(a) for a in gt.dataset.get("annotations", [])]
+    if any(a.get("id") == 0 for a in annotations):
+        # COCOeval records a detection's matched ground-truth id and reads 0 as "no match"
+        for number, annotation in enumerate(annotations, start=1):
+            annotation["id"] = number
     coco = COCO()
-    coco.dataset = {**gt.dataset, "annotations": [dict(a) for a in gt.dataset.get("annotations", [])]}
+    coco.dataset = {**gt.dataset, "annotations": annotations}
     coco.createIndex()
     return coco
 

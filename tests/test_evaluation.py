@@ -116,6 +116,17 @@ def test_perfect_detections_score_one(gt, perfect):
     assert {tuple(sorted(r)) for r in perfect} == {("category_id", "image_id", "score", "segmentation")}
 
 
+def test_annotation_id_zero_in_a_coco_object_still_matches(gt, perfect):
+    """COCOeval reads a matched ground-truth id of 0 as "no match"; a COCO object built by hand
+    (not by load_coco, which renumbers) must score perfect results at 1 all the same."""
+    zero_based = COCO()
+    zero_based.dataset = {**gt.dataset, "annotations": [{**a, "id": i} for i, a in enumerate(gt.dataset["annotations"])]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        zero_based.createIndex()
+    assert evaluate(zero_based, perfect)["stats"]["AP"] == 1.0
+    assert zero_based.dataset["annotations"][0]["id"] == 0  # the caller's object is untouched
+
+
 def test_dropping_half_the_detections_halves_recall(gt, perfect):
     """Per category, recall is kept/total and precision 1 up to it (none without detections),
     so AR100 and AP are known exactly."""
