@@ -154,6 +154,17 @@ def _read_results(path: Path) -> list:
     return results
 
 
+def _checked_records(results: Iterable[dict], gt: COCO, iou_type: str, where: str) -> list[dict]:
+    """Every record checked (and copied) by _checked_record; a bad one is named by its index."""
+    records = []
+    for index, record in enumerate(results):
+        try:
+            records.append(_checked_record(record, gt, iou_type))
+        except ValueError as exc:
+            raise PepError(f"{where}: record {index} {exc}") from None
+    return records
+
+
 def _private_copy(gt: COCO) -> COCO:
     """COCOeval writes into the ground truth's annotations (RLE with bytes counts, an 'ignore'
     flag); scoring a shallow copy keeps the caller's COCO as loaded and JSON-serialisable."""
@@ -194,12 +205,7 @@ def evaluate(gt: COCO | str | Path, results: list[dict] | str | Path, iou_type: 
     if isinstance(results, (str, Path)):
         where = str(results)
         results = _read_results(Path(results))
-    records = []
-    for index, record in enumerate(results):
-        try:
-            records.append(_checked_record(record, gt, iou_type))
-        except ValueError as exc:
-            raise PepError(f"{where}: record {index} {exc}") from None
+    records = _checked_records(results, gt, iou_type, where)
 
     image_ids = sorted(set(gt.getImgIds() if image_ids is None else (int(i) for i in image_ids)))
     unknown = [i for i in image_ids if i not in gt.imgs]
@@ -290,12 +296,7 @@ def bootstrap_ap(gt: COCO | str | Path, results: list[dict], resamples: int | Se
         raise PepError(f"unknown iou type '{iou_type}' (expected one of: {', '.join(IOU_TYPES)})")
     if not isinstance(gt, COCO):
         gt = load_coco(gt)
-    records = []
-    for index, record in enumerate(results):
-        try:
-            records.append(_checked_record(record, gt, iou_type))
-        except ValueError as exc:
-            raise PepError(f"results: record {index} {exc}") from None
+    records = _checked_records(results, gt, iou_type, "results")
     image_ids = sorted(gt.getImgIds())
     if not image_ids:
         raise PepError("no images to evaluate")

@@ -1,4 +1,4 @@
-"""Reading and writing the JSON files users hand us or read from us."""
+"""Reading and writing the JSON (and YAML) files users hand us or read from us."""
 
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ def read_json(path: str | Path, what: str, hint: str = "") -> Any:
         raise PepError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PepError(f"{path}: {what} is not valid JSON ({exc}){hint}") from None
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The parsed YAML file, or a PepError naming it: "<path>: <what> not found" / "not valid YAML"."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PepError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PepError(f"{path}: {what} is not valid YAML ({exc})") from None
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

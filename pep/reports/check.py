@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pep.config import VARIANTS, output_path
 from pep.errors import PepError
-from pep.jsonfile import read_json
+from pep.jsonfile import read_json, read_yaml
 
 EXPECTED_FILE = Path(__file__).with_name("expected_results.yaml")
 
@@ -54,12 +53,7 @@ def _number(value: Any) -> bool:
 def read_expected(path: str | Path, profile: str) -> dict[str, dict[str, tuple[float, float]]]:
     """{variant: {key: (expected, tolerance)}} of `profile`; a PepError naming the entry at fault."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PepError(f"{path}: expected-results file not found") from None
-    except yaml.YAMLError as exc:
-        raise PepError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "expected-results file")
     if not isinstance(data, dict):
         raise PepError(f"{path}: expected a mapping of profiles at the top level")
     entries = data.get(profile)

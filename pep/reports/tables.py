@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from pep.config import VARIANTS, output_path
 from pep.errors import PepError
-from pep.jsonfile import read_json
+from pep.jsonfile import read_json, read_yaml
 
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -78,12 +77,7 @@ def dataset_name(cfg: dict) -> str:
 
 def read_published(path: str | Path = PUBLISHED_FILE) -> dict:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PepError(f"{path}: published numbers not found") from None
-    except yaml.YAMLError as exc:
-        raise PepError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "published numbers")
     for section in ("paper", "ablation", "comparison"):
         if not isinstance(data, dict) or not isinstance(data.get(section), dict):
             raise PepError(f"{path}: missing section '{section}'")
