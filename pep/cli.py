@@ -48,7 +48,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_coco(args: argparse.Namespace) -> int:
-    from pep.data.download import COCO_HOST, checksums, download_files, human_size, select_files
+    from pep.data.download import download_for_params, human_size
 
     cfg = load_params(args.params, profile=args.profile)
     download = cfg["data"]["download"]
@@ -60,11 +60,8 @@ def cmd_data_coco(args: argparse.Namespace) -> int:
                        + (" and downloads nothing (data.download.files is empty)" if not names else "")
                        + "; for COCO 2017 run `pep data coco --profile coco`, or name the archives "
                          "with --files and the target folder with --out")
-    files = select_files(names, checksums(download["md5"]))
     out = args.out or resolve_data_path(cfg, "root")
-    base = args.mirror or download["mirror"] or COCO_HOST
-    outcomes = download_files(files, base, out, keep_archives=args.keep_archives or download["keep_archives"],
-                              progress=not args.quiet)
+    outcomes = download_for_params(cfg, out, names, args.mirror, args.keep_archives, progress=not args.quiet)
     fetched = sum(o.downloaded for o in outcomes)
     unpacked = sum(o.extracted for o in outcomes)
     print(f"{out}: {len(outcomes)} archive(s) ready; downloaded {human_size(fetched)}, extracted "

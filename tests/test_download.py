@@ -281,3 +281,25 @@ def test_cli_on_the_synthetic_profile_says_so(capsys):
     assert main(["data", "coco", "--params", str(PROJECT_ROOT / "params.yaml"), "--files", "zips/nope.zip",
                  "--out", "unused"]) == 2
     assert "no md5 known for zips/nope.zip" in capsys.readouterr().err
+
+
+def test_the_data_stage_downloads_coco_then_finds_it_in_place(server, archives, tmp_path):
+    """`pep data prepare` (the pipeline's data stage) on the coco profile: a download from the
+    mirror named in params, then, on the next run, nothing fetched."""
+    from pep.config import load_params
+    from pep.data.prepare import prepare
+
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["profile"] = "coco"
+    coco = params["profiles"]["coco"]["data"]
+    coco.update(root=str(tmp_path / "coco"), train_images="val2017")  # the served set has no train2017
+    coco["download"] = {**coco.get("download", {}), "files": list(archives["md5"]), "md5": archives["md5"],
+                        "mirror": server.url}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cfg = load_params(tmp_path / "params.yaml")
+    first = prepare(cfg, progress=False)
+    assert "4 archive(s) ready" in first["done"] and (tmp_path / "coco" / "val2017").is_dir()
+    manifest = json.loads((tmp_path / "data" / "coco" / "manifest.json").read_text())
+    assert manifest["root"] == str(tmp_path / "coco")  # outside data/coco: pointed at
+    server.requests.clear()
+    assert "found in place" in prepare(cfg, progress=False)["done"] and server.requests == []

@@ -338,3 +338,13 @@ def _move_into_place(src: Path, dest: Path) -> None:
         raise PepError(f"{dest}: is a folder, but the archive holds a file of that name")
     else:
         os.replace(src, dest)
+
+
+def download_for_params(cfg: dict, out: Path, names: list[str] | None = None, mirror: str | None = None,
+                        keep_archives: bool = False, progress: bool = True) -> list:
+    """The archives that params ask for (data.download.files, or `names`), from the mirror that
+    params or the caller name (else the official host), into `out`."""
+    download = cfg["data"]["download"]
+    files = select_files(names or download["files"], checksums(download["md5"]))
+    return download_files(files, mirror or download["mirror"] or COCO_HOST, out,
+                          keep_archives=keep_archives or download["keep_archives"], progress=progress)

@@ -46,16 +46,13 @@ def prepare(cfg: dict, progress: bool = True, mirror: str | None = None) -> dict
     elif source == "coco" and all(resolve_data_path(cfg, key).exists() for key in ANNOTATION_KEYS + IMAGE_KEYS):
         done = "COCO found in place, nothing downloaded"  # e.g. a cluster's shared copy
     elif source == "coco":
-        from pep.data.download import COCO_HOST, checksums, download_files, human_size, select_files
+        from pep.data.download import download_for_params, human_size
 
-        download = cfg["data"]["download"]
-        if not download["files"]:
+        if not cfg["data"]["download"]["files"]:
             raise PepError(f"profile '{cfg['profile']}': data.source is coco but data.download.files is "
                            "empty; list the archives to fetch, or use data.source: custom for a copy "
                            "that is already in place")
-        files = select_files(download["files"], checksums(download["md5"]))
-        outcomes = download_files(files, mirror or download["mirror"] or COCO_HOST, root,
-                                  keep_archives=download["keep_archives"], progress=progress)
+        outcomes = download_for_params(cfg, root, mirror=mirror, progress=progress)
         fetched = sum(o.downloaded for o in outcomes)
         done = f"{len(outcomes)} archive(s) ready, {human_size(fetched)} downloaded"
     elif source == "custom":
