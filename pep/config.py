@@ -142,11 +142,12 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
                     f"largest object ({synth['object_size'][1]} px) does not fit the smallest "
                     f"image ({synth['image_size'][0]} px)"))
     backbone = cfg["model"]["backbone"]
-    if backbone["norm"] == "frozen_batch" and not backbone["pretrained"]:
+    if backbone["norm"] == "frozen_batch" and not backbone["pretrained"] and cfg["train"]["amp"]:
         # Frozen statistics of untrained weights are the identity: through a deep ResNet the
         # activations grow until float16 overflows (NaN in the first step, seen on an H200).
         out.append(("model.backbone.norm", "frozen_batch keeps the statistics of ImageNet weights, "
-                                           "but pretrained is false: use norm: batch"))
+                                           "but pretrained is false: under mixed precision (train.amp) "
+                                           "the activations overflow; use norm: batch"))
     inp = cfg["data"]["input"]
     for size in [*inp["train_min_size"], inp["test_min_size"]]:
         if size > inp["max_size"]:
