@@ -11,27 +11,24 @@ from pep.errors import PepError
 
 def read_json(path: str | Path, what: str, hint: str = "") -> Any:
     """The parsed file, or a PepError naming it: "<path>: <what> not found" / "is not valid JSON"."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise PepError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PepError(f"{path}: {what} is not valid JSON ({exc}){hint}") from None
+    return _read(path, what, json.loads, json.JSONDecodeError, "JSON", hint)
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
     """The parsed YAML file, or a PepError naming it: "<path>: <what> not found" / "not valid YAML"."""
     import yaml
 
+    return _read(path, what, yaml.safe_load, yaml.YAMLError, "YAML")
+
+
+def _read(path, what: str, parse, parse_error: type[Exception], kind: str, hint: str = "") -> Any:
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PepError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PepError(f"{path}: {what} is not valid YAML ({exc})") from None
+    except (OSError, UnicodeDecodeError, parse_error) as exc:
+        raise PepError(f"{path}: {what} is not valid {kind} ({exc}){hint}") from None
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

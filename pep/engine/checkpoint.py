@@ -18,6 +18,8 @@ import torch
 
 log = logging.getLogger(__name__)
 PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
+FINAL = "model_final.pt"  # the trained model, beside the checkpoints
+LOG = "train_log.jsonl"
 
 
 def checkpoint_path(run_dir: Path, iteration: int) -> Path:
@@ -70,7 +72,7 @@ def remove_checkpoints(run_dir: Path) -> None:
 def remove_all(run_dir: Path) -> None:
     """Forget a run: its checkpoints, final model and training log."""
     remove_checkpoints(run_dir)
-    for name in ("model_final.pt", "train_log.jsonl"):
+    for name in (FINAL, LOG):
         (Path(run_dir) / name).unlink(missing_ok=True)
 
 

@@ -10,9 +10,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
+from pep.errors import PepError  # noqa: E402
+
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a train_log.jsonl; a bad line is a PepError naming the file and line."""
+    path = Path(path)
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PepError(f"{path}: line {number} is not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or "iteration" not in record or "loss" not in record:
+            raise PepError(f"{path}: line {number} has no 'iteration' or 'loss'")
+        records.append(record)
+    return records
 
 
 def plot_training_curves(log_file: Path, png: Path, title: str = "") -> Path:

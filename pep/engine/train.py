@@ -34,7 +34,7 @@ from pep.model import build_model
 from pep.tracking import params_hash
 
 log = logging.getLogger(__name__)
-FINAL = "model_final.pt"
+FINAL = checkpoint.FINAL
 
 
 def build_optimizer(model: nn.Module, train_cfg: dict) -> torch.optim.Optimizer:
@@ -118,7 +118,7 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
                         collate_fn=Collate(cfg["data"]["input"]["size_divisibility"]),
                         pin_memory=ctx.device.type == "cuda",
                         generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
-    log_file = out_dir / "train_log.jsonl"
+    log_file = out_dir / checkpoint.LOG
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_file, start)

@@ -16,7 +16,6 @@ annotations and images of the data set.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -36,6 +35,7 @@ from pycocotools.coco import COCO  # noqa: E402
 
 from pep.config import VARIANTS, output_path, resolve_data_path, results_path, run_dir  # noqa: E402
 from pep.data.coco import load_coco  # noqa: E402
+from pep.engine.curves import read_log  # noqa: E402
 from pep.errors import PepError  # noqa: E402
 from pep.jsonfile import read_json  # noqa: E402
 from pep.reports import tables  # noqa: E402
@@ -80,17 +80,7 @@ def seeds_of(cfg: dict, metrics: dict) -> list[int]:
 
 def read_train_log(path: Path) -> pd.DataFrame:
     """One row per logged step of a train_log.jsonl, indexed by iteration."""
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PepError(f"{path}: line {number} is not valid JSON ({exc})") from None
-        if not isinstance(record, dict) or "iteration" not in record or "loss" not in record:
-            raise PepError(f"{path}: line {number} has no 'iteration' or 'loss'")
-        records.append(record)
+    records = read_log(path)
     if not records:
         raise PepError(f"{path}: empty training log")
     return pd.DataFrame.from_records(records).set_index("iteration").sort_index()
