@@ -141,6 +141,8 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
         out.append(("data.synth.object_size",
                     f"largest object ({synth['object_size'][1]} px) does not fit the smallest "
                     f"image ({synth['image_size'][0]} px)"))
+    if not any(synth["textures"].values()):
+        out.append(("data.synth.textures", "all weights are 0: give at least one texture a weight"))
     backbone = cfg["model"]["backbone"]
     if backbone["norm"] == "frozen_batch" and not backbone["pretrained"] and cfg["train"]["amp"]:
         # Frozen statistics of untrained weights are the identity: through a deep ResNet the

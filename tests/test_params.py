@@ -97,6 +97,9 @@ def test_deep_merge_merges_dicts_and_replaces_lists():
     (lambda r: r["data"]["synth"].update(object_size=[30, 20]), "data.synth.object_size: expected [low, high] with low <= high"),
     (lambda r: r["train"].update(schedule="step", lr_steps=[4, 20]), "train.lr_steps: steps [20] are not before the last epoch (6)"),
     (lambda r: r["model"]["head"].update(channels=48), "model.head.channels: 48 channels cannot be split into model.head.norm_groups=32"),
+    (lambda r: r["data"]["synth"].update(textures={"solid": 0, "stripes": 0, "checker": 0, "speckle": 0}),
+     "data.synth.textures: all weights are 0"),
+    (lambda r: r["data"]["synth"].update(class_colour_jitter="red"), "data.synth.class_colour_jitter: expected"),
     (lambda r: r["profiles"]["coco"]["model"]["backbone"].update(pretrained=False),
      "profiles.coco.model.backbone.norm: frozen_batch keeps the statistics of ImageNet weights, but pretrained is false"),
 ])

@@ -115,6 +115,38 @@ def test_crowds_really_crowd(small_synth):
     assert total / n >= 4
 
 
+def _nearest_class_colour_rate(root: Path, classes: list[str]) -> float:
+    """How often an object's median colour (rim excluded) is nearest its own class's colour."""
+    gt = coco(root / "annotations" / "instances_train2017.json")
+    palette = np.stack([synth.class_colour(i, len(classes)) for i in range(len(classes))])
+    hits = total = 0
+    for ann in gt.dataset["annotations"]:
+        mask = gt.annToMask(ann).astype(bool)
+        inner = mask & ~_dilate(~mask)
+        if ann["iscrowd"] or inner.sum() < 50:
+            continue
+        with Image.open(root / "train2017" / gt.imgs[ann["image_id"]]["file_name"]) as im:
+            pixels = np.asarray(im.convert("RGB"), dtype=float) / 255
+        colour = np.median(pixels[inner], axis=0)
+        label = (ann["category_id"] - 1) // 2
+        hits += int(np.argmin(((palette - colour) ** 2).sum(1)) == label)
+        total += 1
+    assert total >= 30
+    return hits / total
+
+
+def test_class_colours_tie_colour_to_class_only_when_asked(tmp_path, small_synth_cfg):
+    """With class_colour_jitter each class keeps its hue; with null, colour says nothing."""
+    solid = {"solid": 1.0, "stripes": 0.0, "checker": 0.0, "speckle": 0.0}
+    rates = {}
+    for jitter in (0.1, None):
+        cfg = {**small_synth_cfg, "class_colour_jitter": jitter, "textures": solid}
+        synth.generate(cfg, tmp_path / str(jitter), progress=False)
+        rates[jitter] = _nearest_class_colour_rate(tmp_path / str(jitter), cfg["classes"])
+    assert rates[0.1] >= 0.95, rates
+    assert rates[None] <= 0.6, rates  # chance is 1 / 4 classes
+
+
 def test_all_three_segmentation_encodings(tmp_path, small_synth_cfg):
     cfg = {**small_synth_cfg, "num_train": 6, "num_val": 1, "num_test_dev": 1, "crowd_region_prob": 1.0}
     synth.generate(cfg, tmp_path / "s", progress=False)

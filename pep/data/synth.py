@@ -4,8 +4,11 @@ Why this design: PEP's two contributions only have work to do where instances cr
 holds a few *crowds* (clusters of touching and overlapping objects, most of one class, so that
 one semantic cell sees several same-class instances) plus a few loners. Objects are painted
 back to front; every annotation is the *visible* part of its object, so occluded instances have
-irregular masks. Classes differ by shape only: colour and texture are drawn at random per
-object, so the model cannot shortcut through colour.
+irregular masks. Each class has its own hue (`class_colour_jitter` sets how far an object
+strays from it; null draws every colour at random, so that shape alone tells the class); the
+texture (solid, stripes, checker, speckle) is drawn per object. Tied colours are what lets a
+from-scratch model learn the classes within the demo's few thousand images; telling touching
+same-class instances apart, the part excavating and purifying are for, stays as hard.
 
 Segmentations come in all three of COCO's encodings, as in the real set: a polygon for an object
 that is fully visible and inside the image, compressed RLE for an occluded one, and
@@ -108,10 +111,24 @@ def _background(rng: np.random.Generator, height: int, width: int, noise: float)
     return img.astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    colour = rng.uniform(0, 1, size=3)
+TEXTURES = ("solid", "stripes", "checker", "speckle")
+
+
+def class_colour(index: int, n_classes: int) -> np.ndarray:
+    """The base colour of class `index`: hues evenly spaced around the wheel, full saturation."""
+    import colorsys
+    return np.array(colorsys.hsv_to_rgb(index / n_classes, 0.85, 0.9))
+
+
+def _texture(rng: np.random.Generator, height: int, width: int, cfg: dict, cls: int) -> np.ndarray:
+    jitter = cfg["class_colour_jitter"]
+    if jitter is None:
+        colour = rng.uniform(0, 1, size=3)
+    else:
+        colour = np.clip(class_colour(cls, len(cfg["classes"])) + rng.uniform(-jitter, jitter, size=3), 0, 1)
     other = np.clip(colour + rng.choice([-1, 1]) * rng.uniform(0.2, 0.4, size=3), 0, 1)
-    kind = rng.choice(["solid", "stripes", "checker", "speckle"], p=[0.4, 0.25, 0.15, 0.2])
+    weights = np.array([cfg["textures"][k] for k in TEXTURES], dtype=float)
+    kind = rng.choice(TEXTURES, p=weights / weights.sum())
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     if kind == "solid":
         return np.broadcast_to(colour, (height, width, 3)).astype(np.float32)
@@ -210,7 +227,7 @@ def render_image(rng: np.random.Generator, cfg: dict, width: int, height: int):
     for i, obj in enumerate(objects):
         if not keep[i]:
             continue
-        tex = _texture(rng, height, width)
+        tex = _texture(rng, height, width, cfg, obj.category)
         canvas[full[i]] = tex[full[i]]
         canvas[_outline(full[i])] *= rng.uniform(0.55, 0.8)
     canvas = canvas + rng.normal(0, cfg["background_noise"] / 2, size=canvas.shape)
