@@ -151,9 +151,12 @@ def test_two_gloo_processes_train_the_model_of_one_process(tmp_path, small_synth
     assert proc.returncode == 0, proc.stdout + proc.stderr
     l1, l2 = losses(one), losses(two)
     assert [r["iteration"] for r in l1] == [r["iteration"] for r in l2] == [2, 4]
+    # Float32 sums in another order differ by ~1e-7 after one update (iteration 2 here) and the
+    # updates amplify it: up to 2.6e-5 (loss_pur) after three, measured. A normalisation missing
+    # its all-reduce would be off by tens of percent.
     for r1, r2 in zip(l1, l2):
         for key in ("loss", "loss_sem", "loss_exc", "loss_exc_cls", "loss_pur", "loss_mask"):
-            assert r1[key] == pytest.approx(r2[key], rel=1e-5), key
+            assert r1[key] == pytest.approx(r2[key], rel=1e-6 if r1["iteration"] == 2 else 1e-4), key
     # The updates agree up to float rounding. Not bit for bit: a batch of 2 and a batch of 4 take
     # different conv kernels, and near-tied scores (top-k negatives, false peaks) can then pick
     # other cells; so compare the whole update, relative to its size.
@@ -164,7 +167,7 @@ def test_two_gloo_processes_train_the_model_of_one_process(tmp_path, small_synth
     update = sum(((w1[k] - w0[k]).double() ** 2).sum() for k in floats).sqrt().item()
     apart = sum(((w1[k] - w2[k]).double() ** 2).sum() for k in floats).sqrt().item()
     print(f"DDP vs one process: |update| {update:.3e}, |difference| {apart:.3e}")
-    assert update > 0.1 and apart < 1e-2 * update, (apart, update)  # measured: 8.7e-4 of it
+    assert update > 0.1 and apart < 1e-2 * update, (apart, update)  # measured: 1.4e-3 of it
 
 
 @pytest.mark.slow
