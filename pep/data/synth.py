@@ -22,6 +22,7 @@ parameters give byte-identical files, and any image can be regenerated alone.
 
 from __future__ import annotations
 
+import colorsys
 import json
 import os
 import shutil
@@ -115,8 +116,7 @@ TEXTURES = ("solid", "stripes", "checker", "speckle")
 
 
 def class_colour(index: int, n_classes: int) -> np.ndarray:
-    """The base colour of class `index`: hues evenly spaced around the wheel, full saturation."""
-    import colorsys
+    """The base colour of class `index`: hues evenly spaced around the wheel, saturated and bright."""
     return np.array(colorsys.hsv_to_rgb(index / n_classes, 0.85, 0.9))
 
 
