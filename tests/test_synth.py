@@ -119,6 +119,7 @@ def _nearest_class_colour_rate(root: Path, classes: list[str]) -> float:
     """How often an object's median colour (rim excluded) is nearest its own class's colour."""
     gt = coco(root / "annotations" / "instances_train2017.json")
     palette = np.stack([synth.class_colour(i, len(classes)) for i in range(len(classes))])
+    label_of = {synth.category_id(i): i for i in range(len(classes))}
     hits = total = 0
     for ann in gt.dataset["annotations"]:
         mask = gt.annToMask(ann).astype(bool)
@@ -128,8 +129,7 @@ def _nearest_class_colour_rate(root: Path, classes: list[str]) -> float:
         with Image.open(root / "train2017" / gt.imgs[ann["image_id"]]["file_name"]) as im:
             pixels = np.asarray(im.convert("RGB"), dtype=float) / 255
         colour = np.median(pixels[inner], axis=0)
-        label = (ann["category_id"] - 1) // 2
-        hits += int(np.argmin(((palette - colour) ** 2).sum(1)) == label)
+        hits += int(np.argmin(((palette - colour) ** 2).sum(1)) == label_of[ann["category_id"]])
         total += 1
     assert total >= 30
     return hits / total
