@@ -41,3 +41,15 @@ def test_json_report_has_every_number(capsys):
     assert report["batch_size"] == 2 and report["device"] == "cpu" and positive(report["threads"])
     assert len(report["input_size"]) == 2 and all(s % 32 == 0 for s in report["input_size"])
     assert report["torch"]
+
+
+def test_validate_speed_reports_each_step(capsys):
+    spec = importlib.util.spec_from_file_location("validate_speed", PROJECT_ROOT / "benchmarks" / "validate_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--copies", "2", "--repeats", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 100 and report["annotations"] > 0
+    for key in ("json_parse_s", "check_s", "create_index_s", "load_coco_s"):
+        assert positive(report[key]), key
+    assert all(positive(v) for v in report["ratios"].values())

@@ -38,38 +38,70 @@ from pep.jsonfile import read_json
 log = logging.getLogger(__name__)
 
 
-def load_coco(annotation_file: str | Path) -> COCO:
-    """pycocotools' COCO index, quietly, with a readable error for a missing or broken file."""
+def load_coco(annotation_file: str | Path, use: str = "scoring", with_annotations: bool = True) -> COCO:
+    """pycocotools' COCO index, quietly, of a file that passes `pep data validate`'s checks
+    (a PepError naming the file and its errors otherwise; `use` says for what: "training",
+    "scoring"). The index also knows which categories are left out (`left_out_categories`).
+
+    For pycocotools' sake two things change in memory, never on disk: annotation ids that
+    include 0 are renumbered, and polygons of fewer than 3 points are removed (pycocotools
+    reads a first polygon of 4 numbers as a box and refuses a shorter one); an annotation left
+    without a polygon gets an empty mask, so that it is scored as a miss, not dropped.
+    """
     import contextlib
     import io
+
+    from pep.data.validate import check_before_use, left_out_categories, used_category_ids
 
     path = Path(annotation_file)
     dataset = read_json(path, "annotation file",
                         f"; `pep data validate --annotations {path} --images DIR` says more")
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
         raise PepError(f"{path}: not a COCO annotation file (no 'images' list)")
-    annotations = dataset.get("annotations")
-    if isinstance(annotations, list) and any(isinstance(a, dict) and a.get("id") == 0 for a in annotations):
+    check_before_use(dataset, path, use, with_annotations)
+    annotations = dataset.setdefault("annotations", [])
+    if any(a.get("id") == 0 for a in annotations):
         # COCOeval stores the id of a detection's matched ground truth and reads 0 as "no match",
         # so a true positive on annotation 0 would count as a false one; ids are ours to choose
         log.info("%s: annotation ids include 0; renumbered 1..%d for pycocotools", path.name, len(annotations))
         for number, ann in enumerate(annotations, 1):
-            if isinstance(ann, dict):
-                ann["id"] = number
+            ann["id"] = number
+    sizes = {image["id"]: (image["height"], image["width"]) for image in dataset["images"]}
+    for ann in annotations:
+        _make_rasterisable(ann, *sizes[ann["image_id"]])
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
-        try:
-            coco.createIndex()
-        except (KeyError, TypeError) as exc:
-            raise PepError(f"{path}: malformed COCO record ({exc!r}); run `pep data validate` "
-                           "on it for a full report") from None
+        coco.createIndex()
+    coco.left_out_categories = left_out_categories(dataset.get("categories", []),
+                                                   used_category_ids(annotations))
+    if coco.left_out_categories:
+        log.info("%s: left out %d unused category(ies) whose names repeat others': %s", path.name,
+                 len(coco.left_out_categories),
+                 ", ".join(f"id {c} ({why})" for c, why in coco.left_out_categories.items()))
     return coco
+
+
+def _make_rasterisable(ann: dict, height: int, width: int) -> None:
+    """Polygons of fewer than 3 points out; none left: an empty RLE. The reason stays in
+    `degenerate` for the training loader's log."""
+    seg = ann["segmentation"]
+    if not isinstance(seg, list) or all(len(p) >= 6 for p in seg) and seg:
+        return
+    kept = [p for p in seg if len(p) >= 6]
+    ann["degenerate"] = "polygon with fewer than 3 points"
+    if kept:
+        ann["segmentation"] = kept
+    else:
+        rle = mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
+        ann["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
 
 
 def degenerate_reason(ann: dict) -> str | None:
     """Why an annotation cannot be a training instance, from its record alone (None: fine)."""
     seg = ann.get("segmentation")
+    if ann.get("degenerate") and not isinstance(seg, list):  # load_coco emptied it
+        return ann["degenerate"]
     if isinstance(seg, list):
         if not any(isinstance(p, list) and len(p) >= 6 for p in seg):
             return "polygon with fewer than 3 points"
@@ -121,8 +153,9 @@ class CocoInstances(Dataset):
         self.image_dir = Path(image_dir)
         self.train = train
         self.with_annotations = with_annotations
-        self.coco = load_coco(self.annotation_file)
-        self.category_ids = sorted(c["id"] for c in self.coco.dataset.get("categories", []))
+        self.coco = load_coco(self.annotation_file, "training" if train else "scoring", with_annotations)
+        self.category_ids = sorted(c["id"] for c in self.coco.dataset.get("categories", [])
+                                   if c["id"] not in self.coco.left_out_categories)
         if not self.category_ids:
             raise PepError(f"{self.annotation_file}: no categories")
         self.class_names = [self.coco.cats[c]["name"] for c in self.category_ids]
@@ -187,7 +220,7 @@ class CocoInstances(Dataset):
         try:  # EXIF orientation is ignored on purpose: COCO's annotations ignore it too
             with Image.open(path) as im:
                 pixels = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             what = ("missing" + missing_file_hint(self.image_dir, info["file_name"]) if not path.exists()
                     else f"unreadable ({exc})")
             raise PepError(f"{path}: image of image_id {image_id} in {self.annotation_file.name} "
