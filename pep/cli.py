@@ -17,6 +17,7 @@ import yaml
 
 from pep.config import load_params, resolve_data_path
 from pep.errors import PepError
+from pep.jsonfile import StagedOutputs
 
 log = logging.getLogger("pep")
 
@@ -92,12 +93,14 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     else:
         raise PepError("name the data set to check: --split train|val (paths from params), "
                        "or --annotations FILE and --images FOLDER")
+    outputs = StagedOutputs([args.report], "`pep data validate --report`") if args.report else None
     report = validate_dataset(annotations, images, check_images=not args.skip_image_check,
                               progress=not args.quiet)
     print(report.summary(max_examples=args.examples))
-    if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if outputs:
+        with outputs:
+            outputs.write_json(args.report, report.to_dict())
+            outputs.publish()
     return 0 if report.trainable else 1
 
 
@@ -219,12 +222,14 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from pep.reports.index import write_index
-    from pep.reports.tables import write_tables
+    from pep.reports.index import index_file, write_index
+    from pep.reports.tables import table_files, write_tables
 
     cfg = load_params(args.params)
-    tables = write_tables(cfg)
-    index = write_index(cfg, tables)
+    with StagedOutputs([*table_files(cfg), index_file(cfg)], "`pep tables`") as outputs:
+        tables = write_tables(cfg, outputs=outputs)
+        index = write_index(cfg, tables, outputs)
+        outputs.publish()
     for table in tables.values():
         print(f"wrote {table.name}.md/.tex/.csv ({len(table.cells)} rows)")
     print(f"wrote {index}")
@@ -323,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("eval-results", help="score any COCO results file; prints the 12 stats as JSON")
+    p = sub.add_parser("eval-results", help="score any COCO results file; prints the 12 stats as JSON, in percent "
+                                          "(as metrics/<variant>/*.json hold them)")
     p.add_argument("gt", type=Path, help="ground-truth annotation file")
     p.add_argument("results", type=Path, help="results file (a JSON list of detections)")
     p.add_argument("--iou-type", default="segm", choices=["segm", "bbox"])
@@ -367,10 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pep: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("pep: interrupted", file=sys.stderr)
+        print("pep: interrupted; nothing half-written is left (training resumes from its last checkpoint)",
+              file=sys.stderr)
         return 130
     except BrokenPipeError:  # `pep params | head`
         return 0
+    except OSError as exc:  # the file system said no where no check foresaw it: name the file
+        if exc.filename is None:
+            raise
+        print(f"pep: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

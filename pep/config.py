@@ -21,6 +21,7 @@ import jsonschema
 import yaml
 
 from pep.errors import PepError
+from pep.jsonfile import DuplicateKeyError, load_yaml_unique
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml"
@@ -59,7 +60,9 @@ def read_params_file(path: str | Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the parameter file ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml_unique(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import zipfile
 from numbers import Integral, Real
@@ -34,7 +33,7 @@ from pycocotools.cocoeval import COCOeval
 
 from pep.data.coco import load_coco
 from pep.errors import PepError
-from pep.jsonfile import read_json
+from pep.jsonfile import StagedOutputs, read_json
 
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
              "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -117,6 +116,9 @@ def _checked_record(record: Any, gt: COCO, iou_type: str) -> dict:
     if not _is_integer(category_id) or int(category_id) not in gt.cats:
         raise ValueError(f"category_id {category_id!r} is not a category of the ground truth "
                          "(results use COCO category ids, not contiguous labels)")
+    if int(category_id) in _left_out(gt):
+        raise ValueError(f"category_id {category_id} is left out of evaluation: "
+                         f"{_left_out(gt)[int(category_id)]}")
     if not _is_number(score):
         raise ValueError(f"score {score!r} is not a finite number")
     clean = {"image_id": int(image_id), "category_id": int(category_id), "score": float(score)}
@@ -165,6 +167,15 @@ def _checked_records(results: Iterable[dict], gt: COCO, iou_type: str, where: st
     return records
 
 
+def _left_out(gt: COCO) -> dict[int, str]:
+    """Categories load_coco leaves out (unused duplicates of a name); none for a COCO built by hand."""
+    return getattr(gt, "left_out_categories", {})
+
+
+def _scored_categories(gt: COCO) -> list[int]:
+    return [c for c in sorted(gt.getCatIds()) if c not in _left_out(gt)]
+
+
 def _private_copy(gt: COCO) -> COCO:
     """COCOeval writes into the ground truth's annotations (RLE with bytes counts, an 'ignore'
     flag); scoring a shallow copy keeps the caller's COCO as loaded and JSON-serialisable."""
@@ -176,6 +187,7 @@ def _private_copy(gt: COCO) -> COCO:
     coco = COCO()
     coco.dataset = {**gt.dataset, "annotations": annotations}
     coco.createIndex()
+    coco.left_out_categories = _left_out(gt)
     return coco
 
 
@@ -220,6 +232,7 @@ def evaluate(gt: COCO | str | Path, results: list[dict] | str | Path, iou_type: 
         detections = gt.loadRes(records) if records else _no_detections(gt)
         coco_eval = COCOeval(gt, detections, iou_type)
         coco_eval.params.imgIds = image_ids
+        coco_eval.params.catIds = _scored_categories(gt)
         coco_eval.evaluate()
         coco_eval.accumulate()
     with contextlib.redirect_stdout(table):
@@ -246,36 +259,39 @@ def stats_in_percent(stats: dict) -> dict:
     return {key: stats[key] if stats[key] == -1 else round(stats[key] * 100, 3) for key in STAT_KEYS}
 
 
-def write_submission(results: list[dict], out_dir: str | Path, algorithm: str) -> Path:
-    """Write the COCO test-dev upload: detections_test-dev2017_<algorithm>_results.json and the
-    .zip holding it at its root. Both are written to temp files then renamed, so a crash never
-    leaves a half-written file under the final name. Returns the zip's path."""
+def submission_paths(out_dir: str | Path, algorithm: str) -> tuple[Path, Path]:
+    """detections_test-dev2017_<algorithm>_results.json and .zip under `out_dir`."""
     if not isinstance(algorithm, str) or not _ALGORITHM_NAME.fullmatch(algorithm):
         raise PepError(f"algorithm name {algorithm!r} for the submission file must be letters, "
                        "digits and dashes only")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     name = f"detections_test-dev2017_{algorithm}_results"
-    json_path, zip_path = out_dir / f"{name}.json", out_dir / f"{name}.zip"
+    return Path(out_dir) / f"{name}.json", Path(out_dir) / f"{name}.zip"
 
-    json_temp, zip_temp = (out_dir / f".{path.name}.tmp" for path in (json_path, zip_path))
-    try:
-        with open(json_temp, "w", encoding="utf-8") as f:
-            json.dump(results, f)
-        with zipfile.ZipFile(zip_temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.write(json_temp, arcname=json_path.name)
-        os.replace(json_temp, json_path)
-        os.replace(zip_temp, zip_path)
-    finally:
-        json_temp.unlink(missing_ok=True)
-        zip_temp.unlink(missing_ok=True)
+
+def write_submission(results: list[dict], out_dir: str | Path, algorithm: str,
+                     outputs: StagedOutputs | None = None) -> Path:
+    """Write the COCO test-dev upload: detections_test-dev2017_<algorithm>_results.json and the
+    .zip holding it at its root. Staged in `outputs` (published by the caller with the rest of
+    its stage's files), or, without it, published at once. Returns the zip's path."""
+    json_path, zip_path = submission_paths(out_dir, algorithm)
+    own = outputs is None
+    if own:
+        outputs = StagedOutputs([json_path, zip_path], "the submission")
+    with outputs:
+        outputs.write_json(json_path, results, indent=None)
+        with zipfile.ZipFile(outputs.temp_path(zip_path), "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.write(outputs.staged(json_path), arcname=json_path.name)
+        if own:
+            outputs.publish()
     return zip_path
 
 
 def eval_results_command(gt_path: str | Path, results_path: str | Path, iou_type: str = "segm") -> dict:
-    """What `pep eval-results GT_JSON RESULTS_JSON` prints: the 12 stats as fractions, exactly
-    as pycocotools gives them, keyed by STAT_KEYS."""
-    return evaluate(gt_path, results_path, iou_type)["stats"]
+    """What `pep eval-results GT_JSON RESULTS_JSON` prints: the 12 stats keyed by STAT_KEYS in
+    percent with 3 decimals, as metrics/<variant>/*.json hold them (-1: no ground truth in
+    that area range). The ground truth passes validate's checks first: pycocotools would loop
+    for ever on an RLE whose counts miss its size."""
+    return stats_in_percent(evaluate(gt_path, results_path, iou_type)["stats"])
 
 
 def bootstrap_ap(gt: COCO | str | Path, results: list[dict], resamples: int | Sequence[Sequence[int]],
@@ -316,6 +332,7 @@ def bootstrap_ap(gt: COCO | str | Path, results: list[dict], resamples: int | Se
         detections = gt.loadRes(records) if records else _no_detections(gt)
         coco_eval = COCOeval(gt, detections, iou_type)
         coco_eval.params.imgIds = image_ids
+        coco_eval.params.catIds = _scored_categories(gt)
         coco_eval.evaluate()
         full, evaluated = coco_eval.params, coco_eval.evalImgs
         n_images, n_areas = len(full.imgIds), len(full.areaRng)

@@ -72,11 +72,12 @@ def test_reproduces_cocoapi_fake_results(iou_type, capsys):
     assert capsys.readouterr().out == ""  # pycocotools' chatter silenced, its table returned
 
 
-def test_eval_results_command_prints_only_the_12_stats():
-    """The fixture's gt is exactly its 100 images, so the command's default (all) agrees."""
+def test_eval_results_command_prints_the_12_stats_in_percent():
+    """The fixture's gt is exactly its 100 images, so the command's default (all) agrees; the
+    stats are in percent with 3 decimals, the metrics files' convention."""
     out = eval_results_command(FAKE100 / EXPECTED["gt"], FAKE100 / EXPECTED["segm"]["results"], "segm")
     assert tuple(out) == STAT_KEYS
-    assert out == pytest.approx(EXPECTED["segm"]["stats"], abs=EXPECTED["tolerance"])
+    assert out == {k: round(100 * v, 3) for k, v in EXPECTED["segm"]["stats"].items()}
 
 
 def test_encode_instances_records_decode_to_the_masks():

@@ -21,7 +21,8 @@ from conftest import FAKE100
 from pep.cli import main
 from pep.config import PROJECT_ROOT
 from pep.data.coco import load_coco
-from pep.engine.evaluate import _write_bootstrap
+from pep.engine.evaluate import _bootstrap_record
+from pep.jsonfile import StagedOutputs
 from pep.errors import PepError
 from pep.evaluation import STAT_KEYS, bootstrap_ap, evaluate
 from pep.reports.tables import read_published, write_tables
@@ -94,11 +95,14 @@ def test_bootstrap_draws_are_documented_and_paired(fake100):
 def test_bootstrap_file_is_the_mean_over_seeds_and_goes_when_off(tmp_path):
     path = tmp_path / "val_bootstrap.json"
     one = {"B": 2, "seed": 0, "image_ids_hash": "h", "AP": [0.30, 0.40]}
-    _write_bootstrap(path, {0: one, 1: {**one, "AP": [0.20, 0.50]}}, [0, 1])
+    with StagedOutputs([path], "test") as outputs:
+        outputs.write_json(path, _bootstrap_record({0: one, 1: {**one, "AP": [0.20, 0.50]}}, [0, 1]))
+        outputs.publish()
     data = json.loads(path.read_text())
     assert data["AP"] == [25.0, 45.0] and data["seeds"] == [0, 1] and data["B"] == 2
-    _write_bootstrap(path, {}, [0])  # bootstrap off: no stale file to pair with new metrics
-    assert not path.exists()
+    with StagedOutputs([path], "test") as outputs:  # bootstrap off: nothing staged for it
+        outputs.publish()
+    assert not path.exists()  # no stale file to pair with new metrics
 
 
 # ----------------------------------------------------------------------------- handmade metrics

@@ -29,6 +29,7 @@ import shutil
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -160,6 +161,11 @@ class _Dropped(Exception):
         self.start, self.written = start, written
 
 
+class _Refused(_Dropped):
+    """Nothing listens at the address: worth another try only if a server answered there
+    earlier in this run (it may be restarting); otherwise the address is wrong or down."""
+
+
 def _verify_existing(archive: Path, md5: str, progress: bool) -> None:
     """An archive left by an earlier run that stopped before its extraction finished."""
     digest = hashlib.md5()
@@ -200,9 +206,14 @@ def _download(url: str, archive: Path, md5: str, *, progress: bool, retries: int
         except _Dropped as exc:
             first_offset = exc.start if first_offset is None else first_offset
             fetched += exc.written
+            kept = part.stat().st_size if part.exists() else 0
+            if isinstance(exc, _Refused) and not fetched:
+                raise PepError(f"{url}: cannot connect: {exc}; check --mirror / data.download.mirror "
+                               "(nothing was downloaded)") from None
             if attempt == retries:
-                raise PepError(f"{url}: {exc}; {part.stat().st_size if part.exists() else 0} bytes "
-                               f"are kept in {part}: run the command again to resume") from None
+                raise PepError(f"{url}: {exc}, {retries + 1} tries; " + (
+                    f"{kept} bytes are kept in {part}: run the command again to resume" if kept else
+                    "nothing was downloaded: check the address and the network, then run it again")) from None
             wait = min(2 ** attempt, 30)
             log.warning("%s: %s; resuming in %d s (try %d of %d)", url, exc, wait, attempt + 2, retries + 1)
             time.sleep(wait)
@@ -219,6 +230,11 @@ def _fetch_once(url: str, part: Path, offset: int, progress: bool) -> tuple[int,
     """One request: append to `part` from `offset` (or restart at 0 when the server sends the
     whole file). Returns (where it started, bytes written); raises _Dropped on a connection
     that broke off."""
+    if url.startswith("file://"):  # a mirror on disk: say which file is missing, not "cannot connect"
+        local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        if not local.is_file():
+            raise PepError(f"{url}: the file mirror has no {local.name} ({local} does not exist); "
+                           "check --mirror / data.download.mirror")
     headers = {"User-Agent": "pep-reproduction"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -234,6 +250,8 @@ def _fetch_once(url: str, part: Path, offset: int, progress: bool) -> tuple[int,
                        + ("; check --mirror / data.download.mirror" if exc.code == 404 else "")) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ConnectionRefusedError):
+            raise _Refused(f"connection refused by {urllib.parse.urlparse(url).netloc}") from None
         if isinstance(reason, (socket.timeout, ConnectionError, TimeoutError)):
             raise _Dropped(f"connection failed ({reason})") from None
         raise PepError(f"{url}: cannot connect ({reason})") from None

@@ -13,7 +13,6 @@ predict (test-dev): the COCO server's upload, submissions/<variant>/detections_t
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -25,10 +24,12 @@ from tqdm import tqdm
 
 from pep import evaluation
 from pep.config import output_path, resolve_data_path, results_path
+from pep.config import run_dir as default_run_dir
 from pep.data.coco import CocoInstances, Collate, build_dataset, load_coco
 from pep.data.synth import PRIVATE_TEST_DEV_GT
+from pep.engine.checkpoint import FINAL
 from pep.engine.train import load_trained
-from pep.jsonfile import write_json_atomic
+from pep.jsonfile import StagedOutputs
 
 log = logging.getLogger(__name__)
 
@@ -62,101 +63,136 @@ def flops_per_image(model, dataset: CocoInstances, device: torch.device) -> floa
 
 def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tracker_factory=None,
                      progress: bool = True) -> dict:
-    """Score every seed's model on val; write the metrics files; return the val.json content."""
+    """Score every seed's model on val; write the metrics files; return the val.json content.
+
+    Everything that can be checked is checked before the first image is predicted: the ground
+    truth (validate's checks), every seed's model file and that its categories are the ground
+    truth's, that the output folders can be written. The outputs appear together at the end,
+    val.json last (StagedOutputs): an interrupted run leaves the previous run's files as they
+    were, never a mix."""
+    folder = output_path(cfg, "metrics", variant)
+    results_files = {seed: results_path(cfg, variant, seed, "val") for seed in seeds}
+    outputs = StagedOutputs([*results_files.values(), folder / "val_per_category.json",
+                             folder / "val_bootstrap.json", folder / "val.json"], "`pep evaluate`")
     dataset = build_dataset(cfg, "val")
     gt = load_coco(resolve_data_path(cfg, "val_annotations"))
+    models = {seed: load_trained(cfg, variant, seed, device) for seed in seeds}
+    for seed, (_, final) in models.items():
+        _check_categories(final, gt, default_run_dir(cfg, variant, seed) / FINAL)
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     per_seed, per_category, bbox, extras, first_model = {}, {}, {}, {}, None
-    bootstrap, resampled = cfg["evaluate"]["bootstrap"], {}
-    for seed in seeds:
-        model, final = load_trained(cfg, variant, seed, device)
-        if first_model is None:  # params and FLOPs are the same for every seed
-            first_model = model
-        results, seconds = predict(model, dataset, cfg, torch.device(device), progress)
-        out = results_path(cfg, variant, seed, "val")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results), encoding="utf-8")
-        segm = evaluation.evaluate(gt, results, "segm")
-        box = evaluation.evaluate(gt, evaluation.add_boxes(results), "bbox")
-        per_seed[seed] = evaluation.stats_in_percent(segm["stats"])
-        if bootstrap["resamples"]:
-            resampled[seed] = evaluation.bootstrap_ap(gt, results, bootstrap["resamples"], bootstrap["seed"])
-        bbox[seed] = evaluation.stats_in_percent(box["stats"])
-        per_category[seed] = {names[c]: round(100 * ap, 3) if ap >= 0 else -1
-                              for c, ap in segm["per_category"].items()}
-        extras[seed] = {"train_time_s": round(final["train_time_s"], 1), "images_seen": final["images_seen"],
-                        "infer_ms_per_image": round(1000 * seconds / len(dataset), 2),
-                        "detections": segm["num_detections"]}
-        if tracker_factory is not None:
+    bootstrap, resampled, seed_results = cfg["evaluate"]["bootstrap"], {}, {}
+    with outputs:
+        for seed in seeds:
+            model, final = models[seed]
+            if first_model is None:  # params and FLOPs are the same for every seed
+                first_model = model
+            log.info("%s seed %d: predicting %d val images", variant, seed, len(dataset))
+            results, seconds = predict(model, dataset, cfg, torch.device(device), progress)
+            seed_results[seed] = results
+            segm = evaluation.evaluate(gt, results, "segm")
+            box = evaluation.evaluate(gt, evaluation.add_boxes(results), "bbox")
+            per_seed[seed] = evaluation.stats_in_percent(segm["stats"])
+            if bootstrap["resamples"]:
+                log.info("%s seed %d: %d bootstrap resamples", variant, seed, bootstrap["resamples"])
+                resampled[seed] = evaluation.bootstrap_ap(gt, results, bootstrap["resamples"], bootstrap["seed"])
+            bbox[seed] = evaluation.stats_in_percent(box["stats"])
+            per_category[seed] = {names[c]: round(100 * ap, 3) if ap >= 0 else -1
+                                  for c, ap in segm["per_category"].items()}
+            extras[seed] = {"train_time_s": round(final["train_time_s"], 1), "images_seen": final["images_seen"],
+                            "infer_ms_per_image": round(1000 * seconds / len(dataset), 2),
+                            "detections": segm["num_detections"]}
+            log.info("%s seed %d: mask AP %.1f, AP50 %.1f (%d detections on %d images)", variant, seed,
+                     per_seed[seed]["AP"], per_seed[seed]["AP50"], segm["num_detections"], len(dataset))
+
+        metrics = _mean_over_seeds(per_seed)
+        metrics["bbox"] = _mean_over_seeds(bbox)
+        metrics.update({
+            "variant": variant, "split": "val", "seeds": list(seeds),
+            "params": sum(p.numel() for p in first_model.parameters()),
+            "flops_per_image": flops_per_image(first_model, dataset, torch.device(device)),
+            "infer_ms_per_image": round(statistics.mean(e["infer_ms_per_image"] for e in extras.values()), 2),
+            "train_time_s": round(statistics.mean(e["train_time_s"] for e in extras.values()), 1),
+            "images_seen": extras[seeds[0]]["images_seen"],
+        })
+        if len(seeds) > 1:
+            metrics["per_seed"] = {str(s): v for s, v in per_seed.items()}
+            metrics["std"] = {k: round(statistics.stdev(v[k] for v in per_seed.values()), 3)
+                              for k in evaluation.STAT_KEYS}
+        for seed, path in results_files.items():
+            outputs.write_json(path, seed_results[seed], indent=None)
+        outputs.write_json(folder / "val_per_category.json", per_category[seeds[0]] if len(seeds) == 1
+                           else {str(s): v for s, v in per_category.items()})
+        if resampled:  # absent when the bootstrap is off: no stale file paired with fresh metrics
+            outputs.write_json(folder / "val_bootstrap.json", _bootstrap_record(resampled, seeds))
+        outputs.write_json(folder / "val.json", metrics)
+        outputs.publish()
+
+    if tracker_factory is not None:  # after publishing: the run logs the files as they are
+        for seed in seeds:
             with tracker_factory(seed).start("evaluate") as tracker:
                 tracker.log_metrics({**per_seed[seed], **{f"bbox_{k}": v for k, v in bbox[seed].items()},
                                      "infer_ms_per_image": extras[seed]["infer_ms_per_image"]})
                 tracker.log_dict({"segm": per_seed[seed], "bbox": bbox[seed],
                                   "per_category": per_category[seed]}, "metrics/val.json")
-                tracker.log_artifact(out, "results")
-        log.info("%s seed %d: mask AP %.1f, AP50 %.1f (%d detections on %d images)", variant, seed,
-                 per_seed[seed]["AP"], per_seed[seed]["AP50"], segm["num_detections"], len(dataset))
-
-    metrics = _mean_over_seeds(per_seed)
-    metrics["bbox"] = _mean_over_seeds(bbox)
-    metrics.update({
-        "variant": variant, "split": "val", "seeds": list(seeds),
-        "params": sum(p.numel() for p in first_model.parameters()),
-        "flops_per_image": flops_per_image(first_model, dataset, torch.device(device)),
-        "infer_ms_per_image": round(statistics.mean(e["infer_ms_per_image"] for e in extras.values()), 2),
-        "train_time_s": round(statistics.mean(e["train_time_s"] for e in extras.values()), 1),
-        "images_seen": extras[seeds[0]]["images_seen"],
-    })
-    if len(seeds) > 1:
-        metrics["per_seed"] = {str(s): v for s, v in per_seed.items()}
-        metrics["std"] = {k: round(statistics.stdev(v[k] for v in per_seed.values()), 3)
-                          for k in evaluation.STAT_KEYS}
-    folder = output_path(cfg, "metrics", variant)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / "val.json", metrics)
-    write_json_atomic(folder / "val_per_category.json",
-                      per_category[seeds[0]] if len(seeds) == 1 else {str(s): v for s, v in per_category.items()})
-    _write_bootstrap(folder / "val_bootstrap.json", resampled, seeds)
+                tracker.log_artifact(results_files[seed], "results")
     return metrics
 
 
-def _write_bootstrap(path, resampled: dict[int, dict], seeds: list[int]) -> None:
+def _check_categories(final: dict, gt, path) -> None:
+    """A model predicts the category ids it was trained on; each must be a scored category of
+    the ground truth, or every result would be refused after the whole inference pass."""
+    from pep.errors import PepError
+
+    scored = set(gt.getCatIds()) - set(getattr(gt, "left_out_categories", {}))
+    foreign = sorted(set(final["category_ids"]) - scored)
+    if foreign:
+        raise PepError(f"{path}: the model predicts category ids {foreign[:10]} that the ground truth "
+                       f"does not score (its categories: {sorted(scored)[:10]}); it was trained on "
+                       "another data set: retrain it on this one")
+
+
+def _bootstrap_record(resampled: dict[int, dict], seeds: list[int]) -> dict:
     """val_bootstrap.json: mask AP (percent) per resample, the mean over seeds of each seed's
-    model on the same draw of images; removed when the bootstrap is off, so that no stale file
-    is paired with fresh metrics."""
-    if not resampled:
-        path.unlink(missing_ok=True)
-        return
+    model on the same draw of images."""
     first = resampled[seeds[0]]
     per_draw = zip(*(r["AP"] for r in resampled.values()))
-    write_json_atomic(path, {
-        "B": first["B"], "seed": first["seed"], "image_ids_hash": first["image_ids_hash"],
-        "seeds": list(seeds), "unit": "percent",
-        "AP": [-1 if any(v < 0 for v in draw) else round(100 * statistics.mean(draw), 3) for draw in per_draw]})
+    return {"B": first["B"], "seed": first["seed"], "image_ids_hash": first["image_ids_hash"],
+            "seeds": list(seeds), "unit": "percent",
+            "AP": [-1 if any(v < 0 for v in draw) else round(100 * statistics.mean(draw), 3) for draw in per_draw]}
 
 
 def predict_test_dev(cfg: dict, variant: str, seed: int, device="cpu", progress: bool = True) -> dict:
-    """The COCO server's submission zip; scored locally where a private ground truth exists."""
-    dataset = build_dataset(cfg, "test-dev")
-    model, _ = load_trained(cfg, variant, seed, device)
-    results, _ = predict(model, dataset, cfg, torch.device(device), progress)
+    """The COCO server's submission zip; scored locally where a private ground truth exists.
+    Checked first, published together at the end, metrics/<variant>/test-dev.json last."""
     algorithm = f"{cfg['evaluate']['algorithm_name']}-{variant}"
-    zip_path = evaluation.write_submission(results, output_path(cfg, "submissions", variant), algorithm)
-    summary = {"submission": str(zip_path), "detections": len(results), "images": len(dataset)}
-    record = {"variant": variant, "split": "test-dev", "seed": seed,
-              "submission": str(zip_path.relative_to(output_path(cfg))),
-              "detections": len(results), "images": len(dataset)}
+    submissions = output_path(cfg, "submissions", variant)
+    json_path, zip_path = evaluation.submission_paths(submissions, algorithm)
+    record_path = output_path(cfg, "metrics", variant, "test-dev.json")
+    outputs = StagedOutputs([json_path, zip_path, record_path], "`pep predict`")
+    dataset = build_dataset(cfg, "test-dev")
     private = resolve_data_path(cfg, "root") / PRIVATE_TEST_DEV_GT
-    if private.exists():  # the synthetic set: score it as the server would
-        scored = evaluation.evaluate(load_coco(private), results, "segm")
-        summary["metrics"] = evaluation.stats_in_percent(scored["stats"])
-        record.update(summary["metrics"], scored="locally, against " + PRIVATE_TEST_DEV_GT)
-    else:  # real COCO: only the evaluation server knows the answer
-        record["scored"] = (f"not here: upload {zip_path.name} to the COCO server and commit its numbers "
-                            f"as reports/test-dev-server/{variant}.json")
-    folder = output_path(cfg, "metrics", variant)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / "test-dev.json", record)
+    private_gt = load_coco(private) if private.exists() else None
+    model, final = load_trained(cfg, variant, seed, device)
+    if private_gt is not None:
+        _check_categories(final, private_gt, default_run_dir(cfg, variant, seed) / FINAL)
+    with outputs:
+        log.info("%s seed %d: predicting %d test-dev images", variant, seed, len(dataset))
+        results, _ = predict(model, dataset, cfg, torch.device(device), progress)
+        evaluation.write_submission(results, submissions, algorithm, outputs)
+        summary = {"submission": str(zip_path), "detections": len(results), "images": len(dataset)}
+        record = {"variant": variant, "split": "test-dev", "seed": seed,
+                  "submission": str(zip_path.relative_to(output_path(cfg))),
+                  "detections": len(results), "images": len(dataset)}
+        if private_gt is not None:  # the synthetic set: score it as the server would
+            scored = evaluation.evaluate(private_gt, results, "segm")
+            summary["metrics"] = evaluation.stats_in_percent(scored["stats"])
+            record.update(summary["metrics"], scored="locally, against " + PRIVATE_TEST_DEV_GT)
+        else:  # real COCO: only the evaluation server knows the answer
+            record["scored"] = (f"not here: upload {zip_path.name} to the COCO server and commit its numbers "
+                                f"as reports/test-dev-server/{variant}.json")
+        outputs.write_json(record_path, record)
+        outputs.publish()
     return summary
 
 

@@ -30,6 +30,7 @@ from pep.engine import checkpoint
 from pep.engine.data import GlobalBatchSampler, SeededSamples
 from pep.engine.schedule import lr_factor
 from pep.errors import PepError
+from pep.jsonfile import check_writable
 from pep.model import build_model
 from pep.tracking import params_hash
 
@@ -62,6 +63,8 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
     tc = cfg["train"]
     ctx = distributed.init(tc["device"])
     out_dir = Path(out_dir or default_run_dir(cfg, variant, seed))
+    if ctx.is_main:
+        check_writable(out_dir, "`pep train`")
     _set_determinism(tc["deterministic"])
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts them)
 
@@ -225,19 +228,61 @@ def _save_final(path: Path, model, dataset, cfg, variant, seed, iterations, trai
         "model": model.state_dict(), "variant": variant, "seed": seed, "iterations": iterations,
         "category_ids": list(dataset.category_ids), "class_names": list(dataset.class_names),
         "train_time_s": train_time, "images_seen": iterations * cfg["train"]["batch_size"],
+        # what builds the network, so that a model that no longer fits the settings is told
+        # apart by the keys that changed, not by a tensor size mismatch
+        "settings": json.loads(json.dumps(model_settings(cfg, variant))),
     }, path)
 
 
+def model_settings(cfg: dict, variant: str) -> dict:
+    """The parameters that the network's shape and behaviour come from."""
+    return {"model": cfg["model"], f"variants.{variant}": cfg["variants"][variant]}
+
+
 def load_trained(cfg: dict, variant: str, seed: int, device: torch.device | str = "cpu"):
-    """The trained model of a run (eval mode) and its final record."""
+    """The trained model of a run (eval mode) and its final record; a PepError that says what
+    to do when the file is missing, damaged, not a model of `pep train`, or of other settings."""
     path = default_run_dir(cfg, variant, seed) / FINAL
+    retrain = f"retrain with `pep train --variant {variant} --seed {seed}`"
     if not path.exists():
         raise PepError(f"{path}: no trained model; run `pep train --variant {variant} --seed {seed}` first")
     try:
         state = checkpoint.load(path, map_location=device)
     except Exception as exc:
-        raise PepError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc}); delete it and "
-                       f"retrain") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise PepError(f"{path}: cannot be loaded ({type(exc).__name__}: {first}); delete it and "
+                       f"{retrain}") from None
+    missing = [k for k in ("model", "category_ids") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise PepError(f"{path}: not a model written by `pep train` (no {' or '.join(map(repr, missing))}); "
+                       f"{retrain}")
     model = build_model(cfg, variant, state["category_ids"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise PepError(f"{path}: does not fit the current settings ({_settings_change(state, cfg, variant, model)}); "
+                       f"restore the settings it was trained with, or {retrain}") from None
     return model.to(device).eval(), state
+
+
+def _settings_change(state: dict, cfg: dict, variant: str, model: nn.Module) -> str:
+    """What differs between the model file and the settings: changed keys where the file
+    records its settings, else the first weights whose shapes differ."""
+    from pep.config import flatten
+
+    saved = state.get("settings")
+    if isinstance(saved, dict):
+        then, now = flatten(saved), flatten(json.loads(json.dumps(model_settings(cfg, variant))))
+        changed = [f"{k}: {then.get(k, '(absent)')} when trained, {now.get(k, '(absent)')} now"
+                   for k in sorted(then.keys() | now.keys()) if then.get(k) != now.get(k)]
+        if changed:
+            return "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+    current = model.state_dict()
+    saved_weights = state["model"]
+    shapes = [f"{k}: {list(v.shape)} saved, {list(current[k].shape)} now" for k, v in saved_weights.items()
+              if k in current and hasattr(v, "shape") and v.shape != current[k].shape]
+    absent = sorted(current.keys() - saved_weights.keys())
+    extra = sorted(saved_weights.keys() - current.keys())
+    parts = shapes[:2] + ([f"{len(absent)} weight(s) the file lacks, e.g. {absent[0]}"] if absent else []) \
+        + ([f"{len(extra)} weight(s) the model lacks, e.g. {extra[0]}"] if extra else [])
+    return "; ".join(parts) + "; trained with other model settings"

@@ -35,6 +35,7 @@ from pycocotools.coco import COCO  # noqa: E402
 
 from pep.config import VARIANTS, output_path, resolve_data_path, results_path, run_dir  # noqa: E402
 from pep.data.coco import load_coco  # noqa: E402
+from pep.jsonfile import StagedOutputs  # noqa: E402
 from pep.engine.curves import read_log  # noqa: E402
 from pep.errors import PepError  # noqa: E402
 from pep.jsonfile import read_json  # noqa: E402
@@ -495,7 +496,9 @@ def plot_qualitative(cfg: dict, metrics: dict[str, dict], png: Path, score_thres
 
 def _save(fig, png: Path) -> Path:
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=DPI)  # no bbox_inches="tight": the size stays what the figure says
+    # no bbox_inches="tight": the size stays what the figure says; the format is named since a
+    # staged file's name does not end in .png
+    fig.savefig(png, dpi=DPI, format="png")
     plt.close(fig)
     return png
 
@@ -507,10 +510,15 @@ def make_figures(cfg: dict, score_threshold: float = 0.3, num_images: int = 4) -
         raise PepError(f"--score-threshold must be within [0, 1], got {score_threshold}")
     if num_images < 1:
         raise PepError(f"--images must be at least 1, got {num_images}")
-    metrics = read_metrics(cfg)
     folder = output_path(cfg, "reports", "figures")
-    logs = read_training_logs(cfg, metrics)
-    return [write_training_curves_csv(logs, output_path(cfg, "reports", "plots", "training_curves.csv")),
-            plot_training_curves(cfg, logs, folder / "training_curves.png"),
-            plot_ap(cfg, metrics, folder / "ap_per_variant.png"),
-            plot_qualitative(cfg, metrics, folder / "qualitative.png", score_threshold, num_images)]
+    csv = output_path(cfg, "reports", "plots", "training_curves.csv")
+    curves, ap, grid = folder / "training_curves.png", folder / "ap_per_variant.png", folder / "qualitative.png"
+    with StagedOutputs([csv, curves, ap, grid], "`pep figures`") as outputs:
+        metrics = read_metrics(cfg)
+        logs = read_training_logs(cfg, metrics)
+        write_training_curves_csv(logs, outputs.temp_path(csv))
+        plot_training_curves(cfg, logs, outputs.temp_path(curves))
+        plot_ap(cfg, metrics, outputs.temp_path(ap))
+        plot_qualitative(cfg, metrics, outputs.temp_path(grid), score_threshold, num_images)
+        outputs.publish()
+    return [csv, curves, ap, grid]

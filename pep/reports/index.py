@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from pep.config import output_path
+from pep.jsonfile import StagedOutputs
 from pep.reports.tables import SERVER_FOLDER, TABLES_FOLDER, Table, dataset_name, to_markdown
 from pep.tracking import params_hash
 
@@ -53,7 +54,12 @@ def key_settings(cfg: dict) -> list[tuple[str, str]]:
     ]
 
 
-def write_index(cfg: dict, tables: dict[str, Table]) -> Path:
+def index_file(cfg: dict) -> Path:
+    return output_path(cfg, "reports", "README.md")
+
+
+def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs | None = None) -> Path:
+    """reports/README.md, staged in `outputs` (published by the caller) or written at once."""
     reports = output_path(cfg, "reports")
     tables_rel = "/".join(TABLES_FOLDER[1:])
     lines = ["# Reports", "",
@@ -85,9 +91,12 @@ def write_index(cfg: dict, tables: dict[str, Table]) -> Path:
         else:
             lines.append(f"- {file}: {what} -- not built yet (`pep figures`)")
     lines += ["", "## Ablation", "", to_markdown(tables["ablation"]).rstrip("\n"), ""]
-    reports.mkdir(parents=True, exist_ok=True)
-    path = reports / "README.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    path = index_file(cfg)
+    own = outputs is None
+    if own:
+        outputs = StagedOutputs([path], "`pep tables`")
+    with outputs:
+        outputs.write_text(path, "\n".join(lines))
+        if own:
+            outputs.publish()
     return path

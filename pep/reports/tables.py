@@ -35,7 +35,7 @@ import pandas as pd
 
 from pep.config import VARIANTS, output_path
 from pep.errors import PepError
-from pep.jsonfile import read_json, read_yaml
+from pep.jsonfile import StagedOutputs, read_json, read_yaml
 
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -458,22 +458,30 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines) + "\n" + "".join("\n" + to_latex(t) for t in table.follow)
 
 
-def write_tables(cfg: dict, published_path: str | Path = PUBLISHED_FILE) -> dict[str, Table]:
-    """Build both tables and write reports/tables/<name>.{md,tex,csv}; returns the tables."""
-    published = read_published(published_path)
-    metrics = read_metrics(cfg)
-    tables = {t.name: t for t in (ablation_table(cfg, metrics, published),
-                                  comparison_table(cfg, metrics, published))}
+def table_files(cfg: dict) -> list[Path]:
+    """reports/tables/<name>.{md,tex,csv} of both tables."""
     folder = output_path(cfg, *TABLES_FOLDER)
-    folder.mkdir(parents=True, exist_ok=True)
-    for table in tables.values():
-        _write_text(folder / f"{table.name}.md", to_markdown(table))
-        _write_text(folder / f"{table.name}.tex", to_latex(table))
-        _write_text(folder / f"{table.name}.csv", table.numbers.to_csv(index=False, float_format="%.6g"))
+    return [folder / f"{name}.{fmt}" for name in ("ablation", "comparison") for fmt in ("md", "tex", "csv")]
+
+
+def write_tables(cfg: dict, published_path: str | Path = PUBLISHED_FILE,
+                 outputs: StagedOutputs | None = None) -> dict[str, Table]:
+    """Build both tables and write reports/tables/<name>.{md,tex,csv}; returns the tables.
+    Staged in `outputs` for the caller to publish with its other files, or published here."""
+    own = outputs is None
+    if own:
+        outputs = StagedOutputs(table_files(cfg), "`pep tables`")
+    with outputs:
+        published = read_published(published_path)
+        metrics = read_metrics(cfg)
+        tables = {t.name: t for t in (ablation_table(cfg, metrics, published),
+                                      comparison_table(cfg, metrics, published))}
+        folder = output_path(cfg, *TABLES_FOLDER)
+        for table in tables.values():
+            outputs.write_text(folder / f"{table.name}.md", to_markdown(table))
+            outputs.write_text(folder / f"{table.name}.tex", to_latex(table))
+            outputs.write_text(folder / f"{table.name}.csv",
+                               table.numbers.to_csv(index=False, float_format="%.6g"))
+        if own:
+            outputs.publish()
     return tables
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
