@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pep.config import PROJECT_ROOT, load_params
 
 SHARED = Path(os.environ.get("PEP_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
 TINY_COCO = SHARED / "data" / "tiny_coco"
 FAKE100 = SHARED / "data" / "cocoapi_fake100"
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+       "MLFLOW_TRACKING_URI": ""}
+
+
+def make_project(folder: Path, synth_root: Path, **train) -> Path:
+    """A project folder with its own params.yaml (outputs land beside it) on the small set."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["data"].update(root=str(synth_root), num_workers=0)
+    raw["data"]["input"].update(train_min_size=[96], test_min_size=96, max_size=128)
+    raw["train"].update(batch_size=4, epochs=4, checkpoint_every_iters=4, log_every_iters=2,
+                        warmup_iters=4, **train)
+    # caps that never bind: their random subsets would differ between process layouts
+    raw["model"]["perceive"]["train_positives_per_image"] = 10_000
+    raw["model"]["excavate"]["max_mined_per_image"] = 10_000
+    raw["tracking"]["tracking_uri"] = "sqlite:///mlflow.db"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder / "params.yaml"
 
 
 def pytest_configure(config):

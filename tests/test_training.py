@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -17,31 +15,12 @@ import pytest
 import torch
 import yaml
 
-from pep.config import PROJECT_ROOT, load_params
+from conftest import BIN, ENV, make_project
+
+from pep.config import load_params
 from pep.engine import checkpoint
 from pep.engine.train import train
 from pep.model import build_model
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-       "MLFLOW_TRACKING_URI": ""}
-
-
-def make_project(folder: Path, synth_root: Path, **train) -> Path:
-    """A project folder with its own params.yaml (outputs land beside it) on the small set."""
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    raw["data"].update(root=str(synth_root), num_workers=0)
-    raw["data"]["input"].update(train_min_size=[96], test_min_size=96, max_size=128)
-    raw["train"].update(batch_size=4, epochs=4, checkpoint_every_iters=4, log_every_iters=2,
-                        warmup_iters=4, **train)
-    # caps that never bind: their random subsets would differ between process layouts
-    raw["model"]["perceive"]["train_positives_per_image"] = 10_000
-    raw["model"]["excavate"]["max_mined_per_image"] = 10_000
-    raw["tracking"]["tracking_uri"] = "sqlite:///mlflow.db"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    return folder / "params.yaml"
-
 
 def pep_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(BIN / "pep"), *args], cwd=cwd, env=ENV, capture_output=True, text=True)
