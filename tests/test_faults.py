@@ -400,10 +400,18 @@ def test_other_input_files_are_named(project, tmp_path):
 
 # ------------------------------------------------- 7. interrupted evaluation: one run or the other
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action. A shell without job control starts background
+    jobs (a CI runner's) with SIGINT ignored, and that would pass to `pep`, which then could
+    not be interrupted at all; a user's terminal gives the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_until(project: Path, marker: str, sig: int) -> tuple[int, str]:
     """Start `pep evaluate`, send `sig` once stderr shows `marker`; its exit status and stderr."""
     proc = subprocess.Popen([str(BIN / "pep"), "evaluate", "--variant", VARIANT, "--no-tracking", "-q"],
-                            cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     seen = []
     deadline = time.monotonic() + BOUND_S
     for line in proc.stderr:
@@ -417,21 +425,22 @@ def _run_until(project: Path, marker: str, sig: int) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_an_interrupted_evaluation_leaves_the_previous_outputs(project, sig):
-    points = ["seed 0: predicting", "seed 0: 50 bootstrap", "seed 1: predicting", "seed 1: mask AP"]
-    for point in points:
-        before = outputs_state(project)
-        assert "metrics/baseline/val.json" in before
-        rc, stderr = _run_until(project, point, sig)
-        assert rc == (130 if sig == signal.SIGINT else -signal.SIGKILL), f"{point}\n{stderr}"
-        assert "Traceback" not in stderr, stderr
-        assert outputs_state(project) == before, f"outputs changed after {sig!r} at {point!r}"
-        if sig == signal.SIGINT:
-            assert "pep: interrupted" in stderr
-            staged = [p for p in project.rglob(".*pep-staged-*")]
-            assert staged == [], staged  # cleaned up on the way out
-    # the next run, killed or not before, publishes one consistent set and sweeps leftovers
+def test_an_interrupted_evaluation_leaves_the_previous_outputs(project):
+    """SIGINT and SIGKILL before, between and after the scoring of two seeds' models."""
+    points = ["seed 0: predicting", "seed 0: 50 bootstrap", "seed 1: mask AP"]
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        for point in points:
+            before = outputs_state(project)
+            assert "metrics/baseline/val.json" in before
+            rc, stderr = _run_until(project, point, sig)
+            assert rc == (130 if sig == signal.SIGINT else -signal.SIGKILL), f"{sig!r} at {point}\n{stderr}"
+            assert "Traceback" not in stderr, stderr
+            assert outputs_state(project) == before, f"outputs changed after {sig!r} at {point!r}"
+            if sig == signal.SIGINT:
+                assert "pep: interrupted" in stderr
+                staged = [p for p in project.rglob(".*pep-staged-*")]
+                assert staged == [], staged  # cleaned up on the way out
+    # the next run publishes one consistent set and sweeps what a SIGKILL may have left
     ok("evaluate", "--variant", VARIANT, "--no-tracking", "-q", cwd=project)
     assert [p for p in project.rglob(".*pep-staged-*")] == []
     metrics = read(project / "metrics" / VARIANT / "val.json")
