@@ -31,9 +31,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pep.data.coco import load_coco
+from pep.data.coco import left_out, load_coco, scored_categories
 from pep.errors import PepError
-from pep.jsonfile import StagedOutputs, read_json
+from pep.jsonfile import StagedOutputs, read_json, staged_into
 
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
              "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -116,9 +116,9 @@ def _checked_record(record: Any, gt: COCO, iou_type: str) -> dict:
     if not _is_integer(category_id) or int(category_id) not in gt.cats:
         raise ValueError(f"category_id {category_id!r} is not a category of the ground truth "
                          "(results use COCO category ids, not contiguous labels)")
-    if int(category_id) in _left_out(gt):
+    if int(category_id) in left_out(gt):
         raise ValueError(f"category_id {category_id} is left out of evaluation: "
-                         f"{_left_out(gt)[int(category_id)]}")
+                         f"{left_out(gt)[int(category_id)]}")
     if not _is_number(score):
         raise ValueError(f"score {score!r} is not a finite number")
     clean = {"image_id": int(image_id), "category_id": int(category_id), "score": float(score)}
@@ -167,15 +167,6 @@ def _checked_records(results: Iterable[dict], gt: COCO, iou_type: str, where: st
     return records
 
 
-def _left_out(gt: COCO) -> dict[int, str]:
-    """Categories load_coco leaves out (unused duplicates of a name); none for a COCO built by hand."""
-    return getattr(gt, "left_out_categories", {})
-
-
-def _scored_categories(gt: COCO) -> list[int]:
-    return [c for c in sorted(gt.getCatIds()) if c not in _left_out(gt)]
-
-
 def _private_copy(gt: COCO) -> COCO:
     """COCOeval writes into the ground truth's annotations (RLE with bytes counts, an 'ignore'
     flag); scoring a shallow copy keeps the caller's COCO as loaded and JSON-serialisable."""
@@ -187,7 +178,7 @@ def _private_copy(gt: COCO) -> COCO:
     coco = COCO()
     coco.dataset = {**gt.dataset, "annotations": annotations}
     coco.createIndex()
-    coco.left_out_categories = _left_out(gt)
+    coco.left_out_categories = left_out(gt)
     return coco
 
 
@@ -232,7 +223,7 @@ def evaluate(gt: COCO | str | Path, results: list[dict] | str | Path, iou_type: 
         detections = gt.loadRes(records) if records else _no_detections(gt)
         coco_eval = COCOeval(gt, detections, iou_type)
         coco_eval.params.imgIds = image_ids
-        coco_eval.params.catIds = _scored_categories(gt)
+        coco_eval.params.catIds = scored_categories(gt)
         coco_eval.evaluate()
         coco_eval.accumulate()
     with contextlib.redirect_stdout(table):
@@ -274,15 +265,10 @@ def write_submission(results: list[dict], out_dir: str | Path, algorithm: str,
     .zip holding it at its root. Staged in `outputs` (published by the caller with the rest of
     its stage's files), or, without it, published at once. Returns the zip's path."""
     json_path, zip_path = submission_paths(out_dir, algorithm)
-    own = outputs is None
-    if own:
-        outputs = StagedOutputs([json_path, zip_path], "the submission")
-    with outputs:
-        outputs.write_json(json_path, results, indent=None)
-        with zipfile.ZipFile(outputs.temp_path(zip_path), "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.write(outputs.staged(json_path), arcname=json_path.name)
-        if own:
-            outputs.publish()
+    with staged_into(outputs, [json_path, zip_path], "the submission") as staged:
+        staged.write_json(json_path, results, indent=None)
+        with zipfile.ZipFile(staged.temp_path(zip_path), "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.write(staged.staged(json_path), arcname=json_path.name)
     return zip_path
 
 
@@ -332,7 +318,7 @@ def bootstrap_ap(gt: COCO | str | Path, results: list[dict], resamples: int | Se
         detections = gt.loadRes(records) if records else _no_detections(gt)
         coco_eval = COCOeval(gt, detections, iou_type)
         coco_eval.params.imgIds = image_ids
-        coco_eval.params.catIds = _scored_categories(gt)
+        coco_eval.params.catIds = scored_categories(gt)
         coco_eval.evaluate()
         full, evaluated = coco_eval.params, coco_eval.evalImgs
         n_images, n_areas = len(full.imgIds), len(full.areaRng)

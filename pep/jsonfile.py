@@ -11,6 +11,7 @@ new ones renamed into place, the completion marker (e.g. metrics/<variant>/val.j
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -154,3 +155,16 @@ class StagedOutputs:
         for tmp in self._staged.values():
             tmp.unlink(missing_ok=True)
         self._staged.clear()
+
+
+@contextlib.contextmanager
+def staged_into(outputs: StagedOutputs | None, paths: list[str | Path], command: str):
+    """For a writer that a stage may call with its own StagedOutputs: those `outputs` (the
+    stage publishes them with its other files), or, when None, a StagedOutputs of `paths`
+    published when the block ends without an error."""
+    if outputs is not None:
+        yield outputs
+        return
+    with StagedOutputs(paths, command) as own:
+        yield own
+        own.publish()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pycocotools.coco import COCO
 
 from pep.config import PROJECT_ROOT, load_params
 
@@ -19,6 +23,31 @@ FAKE100 = SHARED / "data" / "cocoapi_fake100"
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
        "MLFLOW_TRACKING_URI": ""}
+
+
+def write(path: Path, data) -> Path:
+    """`data` as a JSON file at `path` (folders made); the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def perfect_results(dataset: dict, image_ids: set[int] | None = None, score: float = 1.0) -> list[dict]:
+    """Every non-crowd ground-truth mask of `dataset` (a parsed annotation file, on the images
+    `image_ids` or all) as a detection: AP must be 1. Nothing but those masks is decoded, so a
+    file with a broken record elsewhere still gives its good ones."""
+    index = COCO()
+    index.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' chatter
+        index.createIndex()
+    records = []
+    for ann in dataset["annotations"]:
+        if ann["iscrowd"] or (image_ids is not None and ann["image_id"] not in image_ids):
+            continue
+        rle = index.annToRLE(ann)
+        records.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "score": score,
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+    return records
 
 
 def make_project(folder: Path, synth_root: Path, **train) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_COCO
+from conftest import TINY_COCO, perfect_results, write
 from pep.cli import main
 from pep.config import PROJECT_ROOT, load_params
 from pep.data.coco import CocoInstances, InputSize, build_dataset, load_coco
@@ -28,12 +28,6 @@ def tiny_val() -> dict:
     return json.loads(VAL_JSON.read_text())
 
 
-def write(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-    return path
-
-
 def custom_params(tmp_path: Path, **data_keys) -> Path:
     """A params file for data.source custom, with the given data.* keys."""
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -42,18 +36,6 @@ def custom_params(tmp_path: Path, **data_keys) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
-
-
-def perfect_results(gt) -> list[dict]:
-    """The ground truth's own masks as detections: AP must be 1."""
-    out = []
-    for ann in gt.dataset["annotations"]:
-        if ann["iscrowd"]:
-            continue
-        rle = gt.annToRLE(ann)
-        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "score": 0.9,
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
-    return out
 
 
 def test_custom_set_anywhere_on_disk(tmp_path, capsys):
@@ -100,7 +82,7 @@ def test_category_id_zero(tmp_path, capsys):
     _, target = ds[index]
     assert 0 in target["labels"].tolist() and ds.label_to_category_id([0]) == [0]
     gt = load_coco(ann)
-    assert evaluate(gt, perfect_results(gt))["stats"]["AP"] == pytest.approx(1.0)
+    assert evaluate(gt, perfect_results(gt.dataset, score=0.9))["stats"]["AP"] == pytest.approx(1.0)
 
 
 @pytest.fixture
@@ -128,7 +110,7 @@ def test_ids_from_zero_everywhere(zero_based, capsys):
     assert len(target["labels"]) == sum(1 for a in data["annotations"] if a["image_id"] == 0 and not a["iscrowd"])
 
     gt = load_coco(ann)
-    perfect = perfect_results(gt)
+    perfect = perfect_results(gt.dataset, score=0.9)
     # annotation id 0 would make pycocotools count the detection matching it as a false positive
     assert evaluate(gt, perfect)["stats"]["AP"] == pytest.approx(1.0)
     only_zero = evaluate(gt, [r for r in perfect if r["image_id"] == 0], image_ids=[0])

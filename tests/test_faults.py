@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pycocotools import mask as mask_utils
 
-from conftest import BIN, ENV, TINY_COCO, make_project
+from conftest import BIN, ENV, TINY_COCO, make_project, perfect_results, write
 from pep.config import PROJECT_ROOT
 
 BOUND_S = 60  # no case may run longer than this
@@ -70,12 +69,6 @@ def read(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
-
-
 @contextlib.contextmanager
 def edited_params(params: Path, edit):
     """params.yaml changed by `edit(raw)` for the block, then restored byte for byte."""
@@ -98,21 +91,6 @@ def outputs_state(project: Path) -> dict[str, tuple]:
                 st = path.stat()
                 state[str(path.relative_to(project))] = (st.st_ino, st.st_mtime_ns, hash(path.read_bytes()))
     return state
-
-
-def perfect_results(gt: dict, image_ids: set[int] | None = None) -> list[dict]:
-    """Every non-crowd ground-truth mask as a detection of score 1."""
-    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
-    records = []
-    for ann in gt["annotations"]:
-        if ann["iscrowd"] or (image_ids is not None and ann["image_id"] not in image_ids):
-            continue
-        h, w = sizes[ann["image_id"]]
-        rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], h, w))
-        rle["counts"] = rle["counts"].decode("ascii")
-        records.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                        "segmentation": rle, "score": 1.0})
-    return records
 
 
 # ----------------------------------------------------------------------------------- fixtures

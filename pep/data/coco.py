@@ -51,14 +51,14 @@ def load_coco(annotation_file: str | Path, use: str = "scoring", with_annotation
     import contextlib
     import io
 
-    from pep.data.validate import check_before_use, left_out_categories, used_category_ids
+    from pep.data.validate import check_before_use
 
     path = Path(annotation_file)
     dataset = read_json(path, "annotation file",
                         f"; `pep data validate --annotations {path} --images DIR` says more")
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
         raise PepError(f"{path}: not a COCO annotation file (no 'images' list)")
-    check_before_use(dataset, path, use, with_annotations)
+    left_out = check_before_use(dataset, path, use, with_annotations)
     annotations = dataset.setdefault("annotations", [])
     if any(a.get("id") == 0 for a in annotations):
         # COCOeval stores the id of a detection's matched ground truth and reads 0 as "no match",
@@ -73,13 +73,23 @@ def load_coco(annotation_file: str | Path, use: str = "scoring", with_annotation
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
         coco.createIndex()
-    coco.left_out_categories = left_out_categories(dataset.get("categories", []),
-                                                   used_category_ids(annotations))
+    coco.left_out_categories = left_out
     if coco.left_out_categories:
         log.info("%s: left out %d unused category(ies) whose names repeat others': %s", path.name,
                  len(coco.left_out_categories),
                  ", ".join(f"id {c} ({why})" for c, why in coco.left_out_categories.items()))
     return coco
+
+
+def left_out(coco: COCO) -> dict[int, str]:
+    """The categories load_coco leaves out (unused duplicates of a name), {id: why}; none for
+    a COCO index built by hand."""
+    return getattr(coco, "left_out_categories", {})
+
+
+def scored_categories(coco: COCO) -> list[int]:
+    """The category ids that training learns and evaluation scores, sorted."""
+    return [c for c in sorted(coco.getCatIds()) if c not in left_out(coco)]
 
 
 def _make_rasterisable(ann: dict, height: int, width: int) -> None:
@@ -154,8 +164,7 @@ class CocoInstances(Dataset):
         self.train = train
         self.with_annotations = with_annotations
         self.coco = load_coco(self.annotation_file, "training" if train else "scoring", with_annotations)
-        self.category_ids = sorted(c["id"] for c in self.coco.dataset.get("categories", [])
-                                   if c["id"] not in self.coco.left_out_categories)
+        self.category_ids = scored_categories(self.coco)
         if not self.category_ids:
             raise PepError(f"{self.annotation_file}: no categories")
         self.class_names = [self.coco.cats[c]["name"] for c in self.category_ids]

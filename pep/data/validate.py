@@ -91,6 +91,7 @@ class ValidationReport:
     images_checked: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
+    left_out_categories: dict[int, str] = field(default_factory=dict)  # see left_out_categories()
 
     def add(self, kind: str, example: str) -> None:
         found = self.findings.setdefault(kind, Finding(kind))
@@ -202,18 +203,19 @@ def check_annotation_data(report: ValidationReport, data: Any,
     return image_records
 
 
-def check_before_use(data: Any, path: Path, use: str, with_annotations: bool = True) -> None:
+def check_before_use(data: Any, path: Path, use: str, with_annotations: bool = True) -> dict[int, str]:
     """The checks of `pep data validate` on an annotation file a stage is about to use (`use`:
     "training", "scoring"), without opening images; a PepError with the errors when there are
     any. So a stage takes exactly what validate accepts, and what would crash or hang inside
     pycocotools (an RLE whose counts miss its size loops for ever in computeIoU) is named
-    first. About a second for COCO's 5,000-image val file."""
+    first. About a second for COCO's 5,000-image val file. Returns the categories that
+    training and evaluation leave out."""
     report = ValidationReport(Path(path), Path("."))
     check_annotation_data(report, data, with_annotations)
     blocking = [f for f in report._ordered() if f.severity == "error"
                 and not (use != "training" and f.kind in TRAINING_ONLY)]
     if not blocking:
-        return
+        return report.left_out_categories
     lines = []
     for found in blocking:
         lines.append(f"{found.kind}: {found.count} ({KINDS[found.kind][1]}), e.g. {found.examples[0]}")
@@ -432,7 +434,7 @@ def _check_categories(report: ValidationReport, categories: list | None, used: s
         return None
     ids: dict[int, str] = {}
     names: dict[str, str] = {}
-    left_out = left_out_categories(categories, used)
+    left_out = report.left_out_categories = left_out_categories(categories, used)
     for i, record in enumerate(categories):
         good = _fields(report, "categories", i, record, CATEGORY_FIELDS)
         if good is None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from pep import evaluation
 from pep.config import output_path, resolve_data_path, results_path
 from pep.config import run_dir as default_run_dir
-from pep.data.coco import CocoInstances, Collate, build_dataset, load_coco
+from pep.data.coco import CocoInstances, Collate, build_dataset, load_coco, scored_categories
 from pep.data.synth import PRIVATE_TEST_DEV_GT
 from pep.engine.checkpoint import FINAL
 from pep.engine.train import load_trained
@@ -75,7 +75,7 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
     outputs = StagedOutputs([*results_files.values(), folder / "val_per_category.json",
                              folder / "val_bootstrap.json", folder / "val.json"], "`pep evaluate`")
     dataset = build_dataset(cfg, "val")
-    gt = load_coco(resolve_data_path(cfg, "val_annotations"))
+    gt = dataset.coco  # the val file, parsed and checked once
     models = {seed: load_trained(cfg, variant, seed, device) for seed in seeds}
     for seed, (_, final) in models.items():
         _check_categories(final, gt, default_run_dir(cfg, variant, seed) / FINAL)
@@ -144,7 +144,7 @@ def _check_categories(final: dict, gt, path) -> None:
     the ground truth, or every result would be refused after the whole inference pass."""
     from pep.errors import PepError
 
-    scored = set(gt.getCatIds()) - set(getattr(gt, "left_out_categories", {}))
+    scored = set(scored_categories(gt))
     foreign = sorted(set(final["category_ids"]) - scored)
     if foreign:
         raise PepError(f"{path}: the model predicts category ids {foreign[:10]} that the ground truth "

@@ -230,13 +230,14 @@ def _save_final(path: Path, model, dataset, cfg, variant, seed, iterations, trai
         "train_time_s": train_time, "images_seen": iterations * cfg["train"]["batch_size"],
         # what builds the network, so that a model that no longer fits the settings is told
         # apart by the keys that changed, not by a tensor size mismatch
-        "settings": json.loads(json.dumps(model_settings(cfg, variant))),
+        "settings": model_settings(cfg, variant),
     }, path)
 
 
 def model_settings(cfg: dict, variant: str) -> dict:
-    """The parameters that the network's shape and behaviour come from."""
-    return {"model": cfg["model"], f"variants.{variant}": cfg["variants"][variant]}
+    """The parameters that the network's shape and behaviour come from, as plain JSON values
+    (what torch.load(weights_only=True) reads back, and what compares equal after it)."""
+    return json.loads(json.dumps({"model": cfg["model"], f"variants.{variant}": cfg["variants"][variant]}))
 
 
 def load_trained(cfg: dict, variant: str, seed: int, device: torch.device | str = "cpu"):
@@ -272,7 +273,7 @@ def _settings_change(state: dict, cfg: dict, variant: str, model: nn.Module) -> 
 
     saved = state.get("settings")
     if isinstance(saved, dict):
-        then, now = flatten(saved), flatten(json.loads(json.dumps(model_settings(cfg, variant))))
+        then, now = flatten(saved), flatten(model_settings(cfg, variant))
         changed = [f"{k}: {then.get(k, '(absent)')} when trained, {now.get(k, '(absent)')} now"
                    for k in sorted(then.keys() | now.keys()) if then.get(k) != now.get(k)]
         if changed:

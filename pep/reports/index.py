@@ -58,8 +58,8 @@ def index_file(cfg: dict) -> Path:
     return output_path(cfg, "reports", "README.md")
 
 
-def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs | None = None) -> Path:
-    """reports/README.md, staged in `outputs` (published by the caller) or written at once."""
+def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs) -> Path:
+    """reports/README.md, staged in `outputs` (`pep tables` publishes it with the tables)."""
     reports = output_path(cfg, "reports")
     tables_rel = "/".join(TABLES_FOLDER[1:])
     lines = ["# Reports", "",
@@ -92,11 +92,5 @@ def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs | No
             lines.append(f"- {file}: {what} -- not built yet (`pep figures`)")
     lines += ["", "## Ablation", "", to_markdown(tables["ablation"]).rstrip("\n"), ""]
     path = index_file(cfg)
-    own = outputs is None
-    if own:
-        outputs = StagedOutputs([path], "`pep tables`")
-    with outputs:
-        outputs.write_text(path, "\n".join(lines))
-        if own:
-            outputs.publish()
+    outputs.write_text(path, "\n".join(lines))
     return path

@@ -35,7 +35,7 @@ import pandas as pd
 
 from pep.config import VARIANTS, output_path
 from pep.errors import PepError
-from pep.jsonfile import StagedOutputs, read_json, read_yaml
+from pep.jsonfile import StagedOutputs, read_json, read_yaml, staged_into
 
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -468,20 +468,15 @@ def write_tables(cfg: dict, published_path: str | Path = PUBLISHED_FILE,
                  outputs: StagedOutputs | None = None) -> dict[str, Table]:
     """Build both tables and write reports/tables/<name>.{md,tex,csv}; returns the tables.
     Staged in `outputs` for the caller to publish with its other files, or published here."""
-    own = outputs is None
-    if own:
-        outputs = StagedOutputs(table_files(cfg), "`pep tables`")
-    with outputs:
+    with staged_into(outputs, table_files(cfg), "`pep tables`") as staged:
         published = read_published(published_path)
         metrics = read_metrics(cfg)
         tables = {t.name: t for t in (ablation_table(cfg, metrics, published),
                                       comparison_table(cfg, metrics, published))}
         folder = output_path(cfg, *TABLES_FOLDER)
         for table in tables.values():
-            outputs.write_text(folder / f"{table.name}.md", to_markdown(table))
-            outputs.write_text(folder / f"{table.name}.tex", to_latex(table))
-            outputs.write_text(folder / f"{table.name}.csv",
-                               table.numbers.to_csv(index=False, float_format="%.6g"))
-        if own:
-            outputs.publish()
+            staged.write_text(folder / f"{table.name}.md", to_markdown(table))
+            staged.write_text(folder / f"{table.name}.tex", to_latex(table))
+            staged.write_text(folder / f"{table.name}.csv",
+                              table.numbers.to_csv(index=False, float_format="%.6g"))
     return tables
