@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from system_packages import apt_install
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SLURM_PROFILE = PROJECT_ROOT / "workflow" / "profiles" / "slurm"
 
@@ -156,28 +158,10 @@ def ensure_packages() -> float:
     missing = _missing_binaries()
     if not missing:
         return 0.0
-    why = f"SLURM programs missing ({', '.join(missing)})"
-    if os.geteuid() != 0:
-        raise SlurmUnavailable(f"{why} and not root, so no apt-get install {' '.join(PACKAGES)}")
-    if shutil.which("apt-get") is None:
-        raise SlurmUnavailable(f"{why} and no apt-get to install {' '.join(PACKAGES)}")
     t0 = time.monotonic()
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    # Wait for a lock held by another apt (a teammate installing something) instead of failing.
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y",
-               "--no-install-recommends", *PACKAGES]
-    proc = _run(install, timeout=900, env=env)
-    if proc.returncode != 0 and re.search(r"Unable to locate package|has no installation candidate",
-                                          proc.stderr + proc.stdout):
-        # Only a machine without package lists needs the (slow) update.
-        _run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], timeout=900, env=env)
-        proc = _run(install, timeout=900, env=env)
-    if proc.returncode != 0:
-        raise SlurmUnavailable(f"`{shlex.join(install)}` failed (exit {proc.returncode}):\n"
-                               + (proc.stderr or proc.stdout)[-2000:])
-    if _missing_binaries():
-        raise SlurmUnavailable(f"installed {' '.join(PACKAGES)} but still missing "
-                               f"{', '.join(_missing_binaries())}")
+    problem = apt_install(PACKAGES, lambda: not _missing_binaries())
+    if problem is not None:
+        raise SlurmUnavailable(f"SLURM programs missing ({', '.join(missing)}): {problem}")
     return time.monotonic() - t0
 
 

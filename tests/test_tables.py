@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,8 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
-from conftest import FAKE100
+from conftest import FAKE100, SHARED
+from system_packages import require
 from pep.cli import main
 from pep.config import PROJECT_ROOT
 from pep.data.coco import load_coco
@@ -249,9 +248,13 @@ def test_comparison_keeps_other_data_apart_and_ranks_coco_rows(project):
     ranked, _, apart = md.partition("Measured on another data set (synthetic)")
     assert "ours: pep" not in ranked and "| ours: pep | R18-FPN |" in apart
     assert "**95.0**" not in md  # the synthetic row is never ranked, however high
-    assert "| PEP (paper) | R101-FPN | Su et al. 2023, arXiv:2304.08826 | COCO test-dev2017 | **40.9** |" in md
-    assert "| CondInst | R101-FPN | Tian et al. 2020, ECCV | COCO test-dev2017 | 39.1 | – |" in md
-    assert "lists 26 methods" in md and "No COCO test-dev result of ours yet" in md
+    assert ("| PEP (paper) | R101-FPN | Su et al. 2023, arXiv:2304.08826 | PEP paper, Table 1 | "
+            "COCO test-dev2017 | **40.9** |") in md
+    assert ("| CondInst | R101-FPN | Tian et al. 2020, ECCV | PEP paper, Table 1 [34] | COCO test-dev2017 "
+            "| 39.1 | 60.9 | 42.0 | 21.5 | 41.7 | 50.9 |") in md
+    assert md.index("*Two-stage methods:*") < md.index("| MNC |") < md.index("*One-stage methods:*") \
+        < md.index("| YOLACT |")
+    assert "27 rows, 26 methods besides PEP" in md and "No COCO test-dev result of ours yet" in md
 
     # the COCO server's numbers, committed by a person, are ranked with the published rows
     server = root / "reports/test-dev-server"
@@ -260,14 +263,17 @@ def test_comparison_keeps_other_data_apart_and_ranks_coco_rows(project):
                                                  "APm": 44.0, "APl": 59.0}))
     files = build(project)
     ranked = files["comparison.md"].partition("Measured on another data set")[0]
-    assert "| ours: pep | R18-FPN | this reproduction, COCO server | COCO test-dev2017 | **41.2** |" in ranked
-    assert "**40.9**" not in ranked and "**61.5**" in ranked
+    assert "| ours: pep | R18-FPN | this reproduction | COCO server | COCO test-dev2017 | **41.2** |" in ranked
+    assert ranked.index("*One-stage methods:*") < ranked.index("| ours: pep |")
+    assert "**40.9**" not in ranked and "**61.8**" in ranked  # AP50: HTC's
     tex = files["comparison.tex"]
-    assert tex.index(r"\multicolumn{10}{l}{\emph{Measured on another data set") > tex.index("ours: pep & R18-FPN & this reproduction, COCO server")
+    assert tex.index(r"\multicolumn{11}{l}{\emph{Measured on another data set") \
+        > tex.index("ours: pep & R18-FPN & this reproduction & COCO server")
+    assert tex.index(r"\multicolumn{11}{l}{\emph{Two-stage methods}}") < tex.index("MNC &")
     csv = pd.read_csv(root / "reports/tables/comparison.csv")
-    assert csv.loc[csv.citation == "this reproduction, scored locally", "ranked"].item() == False  # noqa: E712
-    assert csv.loc[csv.method == "Mask R-CNN", "APl"].item() == 52.4
-    assert np.isnan(csv.loc[csv.method == "CondInst", "AP50"].item())
+    assert csv.loc[csv["reported by"] == "scored locally", "ranked"].item() == False  # noqa: E712
+    assert csv.loc[csv["reported by"] == "COCO server", "group"].item() == "one-stage"
+    assert np.isnan(csv.loc[csv.method == "FCIS", "AP75"].item())
 
     # real COCO: test-dev.json records the submission, unscored; it makes no row
     (root / "metrics/pep/test-dev.json").write_text(json.dumps(
@@ -277,6 +283,40 @@ def test_comparison_keeps_other_data_apart_and_ranks_coco_rows(project):
     (server / "pep.json").write_text(json.dumps({k: 0.4 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}))
     with pytest.raises(PepError, match="look like fractions"):
         write_tables(project)
+
+
+PAPER_TEXT = SHARED / "paper" / "pep-arxiv-2304.08826.txt"
+
+
+def paper_table_1() -> list[tuple[str, list[float | None]]]:
+    """The rows of Table 1 as the paper's text prints them: name | backbone | six cells |."""
+    lines = PAPER_TEXT.read_text(encoding="utf-8").splitlines()
+    first = lines.index("Two-stage methods | |||||||") + 1
+    rows = []
+    for line in lines[first:]:
+        cells = [c.strip() for c in line.split("|")]
+        if cells[0] == "One-stage methods":
+            continue
+        if cells[0] == "Ours":
+            return rows
+        rows.append((cells[0], [None if c == "-" else float(c) for c in cells[2:8]]))
+    raise AssertionError("Table 1 has no 'Ours' row")
+
+
+def test_comparison_csv_holds_every_cell_of_the_papers_table_1(project):
+    write_metrics(project, "pep", 30.0)
+    build(project)
+    csv = pd.read_csv(Path(project["params_file"]).parent / "reports/tables/comparison.csv")
+    published = csv[csv["reported by"].str.startswith("PEP paper") & (csv.method != "PEP (paper)")]
+    expected = paper_table_1()
+    assert len(expected) == len(published) == 26
+    for (name, cells), (_, row) in zip(expected, published.iterrows()):
+        # the paper's names, its spacing around "+" aside
+        assert row.method.replace(" + ", "+") == name.split(" [")[0], (row.method, name)
+        got = [None if np.isnan(row[k]) else row[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+        assert got == cells, name
+        assert row.citation and row.ranked
+    assert list(published.group[:12]) == ["two-stage"] * 12 and set(published.group[12:]) == {"one-stage"}
 
 
 def test_published_rows_are_complete(tmp_path):
@@ -322,43 +362,11 @@ def _latex_ready() -> bool:
     return found.returncode == 0 and bool(found.stdout.strip())
 
 
-def _install_latex() -> str | None:
-    """apt-get the smallest Debian set with pdflatex and booktabs (texlive-latex-base has
-    pdflatex, booktabs is in -recommended: about 15 MB of downloads, 19 s measured here).
-    Returns why it failed, or None."""
-    if not shutil.which("apt-get"):
-        return "no apt-get on this machine"
-    if os.geteuid() != 0:
-        return "installing texlive needs root"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends",
-               "texlive-latex-base", "texlive-latex-recommended"]
-    try:
-        done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=1200)
-        if done.returncode != 0:  # a fresh container has no package lists yet
-            subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], capture_output=True,
-                           env=env, timeout=600)
-            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=1200)
-    except subprocess.TimeoutExpired:
-        return "apt-get timed out"
-    return None if done.returncode == 0 else f"apt-get failed: {done.stderr.strip()[-500:]}"
-
-
 @pytest.fixture(scope="session")
 def pdflatex() -> str:
-    """pdflatex with booktabs, installed once per session where missing. In CI (CI set) a
-    failed install fails the test; elsewhere the test is skipped with the reason."""
-    if not _latex_ready():
-        started = time.perf_counter()
-        problem = _install_latex()
-        if problem is None and not _latex_ready():
-            problem = "installed, but pdflatex or booktabs.sty is still not found"
-        if problem is not None:
-            message = f"no pdflatex with booktabs: {problem}"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        print(f"installed texlive in {time.perf_counter() - started:.0f} s")
+    """pdflatex with booktabs, installed once per session where missing (texlive-latex-base has
+    pdflatex, booktabs is in -recommended: about 15 MB of downloads, 19 s measured here)."""
+    require("pdflatex with booktabs", ["texlive-latex-base", "texlive-latex-recommended"], _latex_ready)
     return shutil.which("pdflatex")
 
 

@@ -84,9 +84,12 @@ def read_published(path: str | Path = PUBLISHED_FILE) -> dict:
     for variant, row in data["ablation"].get("rows", {}).items():
         _check_stats(row, f"{path}: ablation.rows.{variant}", allow_missing=False)
     for i, row in enumerate(data["comparison"].get("rows", [])):
-        for key in ("method", "backbone", "citation", "metrics"):
+        for key in ("method", "backbone", "group", "citation", "metrics"):
             if key not in row:
                 raise PepError(f"{path}: comparison.rows[{i}] has no '{key}'")
+        if row["group"] not in data["comparison"].get("groups", []):
+            raise PepError(f"{path}: comparison.rows[{i}] ({row['method']}): group {row['group']!r} is "
+                           f"not one of comparison.groups {data['comparison'].get('groups', [])}")
         _check_stats(row["metrics"], f"{path}: comparison.rows[{i}].metrics", allow_missing=True)
     return data
 
@@ -335,17 +338,35 @@ def read_server_results(cfg: dict, variant: str) -> dict | None:
     return data
 
 
+GROUP_LABELS = {"two-stage": "Two-stage methods", "one-stage": "One-stage methods"}
+TEXT_COLUMNS = ("method", "backbone", "citation", "reported by", "data")
+
+
 def comparison_table(cfg: dict, metrics: dict[str, dict], published: dict) -> Table:
+    """The paper's Table 1 in its blocks (two-stage, then one-stage methods), our COCO server
+    rows among the one-stage ones and ranked with them; rows of another data set kept apart."""
     section = published["comparison"]
-    ranked = [{"method": r["method"], "backbone": r["backbone"], "citation": r["citation"],
-               "data": section["dataset"], **{k: _valid(r["metrics"].get(k)) for k in METRIC_KEYS}}
-              for r in section["rows"]]
+    by_group: dict[str, list[dict]] = {group: [] for group in section["groups"]}
+    for r in section["rows"]:
+        ref = f" [{r['ref']}]" if r.get("ref") else ""
+        by_group[r["group"]].append({
+            "method": r["method"], "backbone": r["backbone"], "citation": r["citation"],
+            "reported by": f"PEP paper, Table 1{ref}", "data": section["dataset"],
+            **{k: _valid(r["metrics"].get(k)) for k in METRIC_KEYS}})
+    ours_group = "one-stage" if "one-stage" in by_group else section["groups"][-1]  # PEP is one-stage
     for variant in VARIANTS:
         server = read_server_results(cfg, variant)
         if server is not None:
-            ranked.append({"method": f"ours: {variant}", "backbone": _backbone(cfg),
-                           "citation": "this reproduction, COCO server",
-                           "data": section["dataset"], **{k: _valid(server[k]) for k in METRIC_KEYS}})
+            by_group[ours_group].append({
+                "method": f"ours: {variant}", "backbone": _backbone(cfg), "citation": "this reproduction",
+                "reported by": "COCO server", "data": section["dataset"],
+                **{k: _valid(server[k]) for k in METRIC_KEYS}})
+    groups, ranked, row_groups = {}, [], []
+    for group, rows in by_group.items():
+        if rows:
+            groups[len(ranked)] = GROUP_LABELS.get(group, group)
+            ranked += rows
+            row_groups += [group] * len(rows)
     apart = []
     for variant in VARIANTS:
         path = output_path(cfg, "metrics", variant) / "test-dev.json"
@@ -355,28 +376,30 @@ def comparison_table(cfg: dict, metrics: dict[str, dict], published: dict) -> Ta
         if isinstance(local, dict) and not any(key in local for key in METRIC_KEYS):
             continue  # a submission without a local ground truth (real COCO): the server scores it
         _check_stats(local, str(path), allow_missing=False)
-        apart.append({"method": f"ours: {variant}", "backbone": _backbone(cfg),
-                      "citation": "this reproduction, scored locally",
-                      "data": f"{_short_dataset(cfg)} test-dev", **{k: _valid(local[k]) for k in METRIC_KEYS}})
+        apart.append({"method": f"ours: {variant}", "backbone": _backbone(cfg), "citation": "this reproduction",
+                      "reported by": "scored locally", "data": f"{_short_dataset(cfg)} test-dev",
+                      **{k: _valid(local[k]) for k in METRIC_KEYS}})
 
-    columns = ["method", "backbone", "citation", "data"] + [HEADERS[k] for k in METRIC_KEYS]
+    columns = [*TEXT_COLUMNS] + [HEADERS[k] for k in METRIC_KEYS]
     rows = ranked + apart
-    cells = pd.DataFrame([{**{c: r[c] for c in ("method", "backbone", "citation", "data")},
+    cells = pd.DataFrame([{**{c: r[c] for c in TEXT_COLUMNS},
                            **{HEADERS[k]: _fmt(r[k]) for k in METRIC_KEYS}} for r in rows], columns=columns)
     bold = pd.DataFrame(False, index=cells.index, columns=columns)
     for key in METRIC_KEYS:  # ranked among the COCO test-dev rows only
         bold.loc[: len(ranked) - 1, HEADERS[key]] = _best([r[key] for r in ranked])
-    numbers = pd.DataFrame([{**r, "ranked": i < len(ranked)} for i, r in enumerate(rows)],
-                           columns=["method", "backbone", "citation", "data", *METRIC_KEYS, "ranked"])
+    numbers = pd.DataFrame([{**r, "group": row_groups[i] if i < len(ranked) else "other data set",
+                             "ranked": i < len(ranked)} for i, r in enumerate(rows)],
+                           columns=[*TEXT_COLUMNS, "group", *METRIC_KEYS, "ranked"])
 
-    groups = {}
     if apart:
         groups[len(ranked)] = (f"Measured on another data set ({_short_dataset(cfg)}), not ranked "
                                "with the COCO rows")
-    notes = [f"The paper ({published['paper']['citation']}) lists {section.get('methods_in_paper', 'more')} "
-             "methods in its Table 1; we carry those we can cite. A cell we could not verify "
-             f"against the method's own paper is left out ({MISSING})."]
-    if not any(r["citation"].startswith("this reproduction, COCO") for r in ranked):
+    published_rows = sum(r["reported by"].startswith("PEP paper") for r in ranked)
+    notes = [f"Every published row is reported by the PEP paper ({published['paper']['citation']}, "
+             f"Table 1: {published_rows} rows, {section.get('methods_in_paper', '?')} methods besides "
+             "PEP), with the citation of the method's own paper and its reference number in the PEP "
+             f"paper; {MISSING}: a cell the paper leaves empty."]
+    if not any(r["reported by"] == "COCO server" for r in ranked):
         notes.append("No COCO test-dev result of ours yet: after scoring a submission on the COCO "
                      f"server, commit its numbers as {'/'.join(SERVER_FOLDER)}/<variant>.json "
                      "(format: pep/reports/tables.py).")
@@ -385,7 +408,7 @@ def comparison_table(cfg: dict, metrics: dict[str, dict], published: dict) -> Ta
                      "private test-dev ground truth; they are not comparable with COCO numbers.")
     caption = (f"Comparison (the paper's Table 1): mask AP (%) on {section['dataset']}. Bold: best "
                "per column among the COCO rows.")
-    return Table("comparison", cells, bold, numbers, caption, notes, groups, text_columns=4)
+    return Table("comparison", cells, bold, numbers, caption, notes, groups, text_columns=len(TEXT_COLUMNS))
 
 
 def _backbone(cfg: dict) -> str:
@@ -449,8 +472,9 @@ def to_latex(table: Table) -> str:
         first_row = lines.index(r"\midrule") + 1
         for position in sorted(table.groups, reverse=True):
             label = latex_escape(table.groups[position])
+            rule = [] if position == 0 else [r"\midrule"]  # the header's rule is there already
             lines[first_row + position:first_row + position] = [
-                r"\midrule", rf"\multicolumn{{{len(cells.columns)}}}{{l}}{{\emph{{{label}}}}} \\"]
+                *rule, rf"\multicolumn{{{len(cells.columns)}}}{{l}}{{\emph{{{label}}}}} \\"]
     if table.notes:
         end = lines.index(r"\end{table}")
         notes = " ".join(latex_escape(n) for n in table.notes)
