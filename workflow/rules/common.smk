@@ -30,6 +30,14 @@ def cluster(job, key):
     return EFFECTIVE["cluster"][job][key]
 
 
+def job_threads(job):
+    """The CPUs a job holds, as its threads: Snakemake sets OMP_NUM_THREADS (torch's thread
+    count) to them, and caps them at --cores on one machine. Float sums depend on the thread
+    count, so the same count gives the same trained model as `dvc repro` with as many threads."""
+    gpus = cluster(job, "gpus")
+    return cluster(job, "cpus") if gpus == 0 else gpus * cluster(job, "cpus_per_gpu")
+
+
 def cpus_per_task(job):
     """CPUs of a job without GPUs; 0 ("not set") for a GPU job, whose CPUs come from
     cpus_per_gpu (the slurm plugin lets a set cpus_per_task win over cpus_per_gpu)."""

@@ -15,6 +15,7 @@ rule evaluate:
         settings=variant_settings("profile", "data", "model", "variants.{variant}", "evaluate", "profiles"),
     wildcard_constraints:
         variant="|".join(VARIANTS),
+    threads: job_threads("evaluate")
     resources:
         gpu=cluster("evaluate", "gpus"),
         cpus_per_gpu=cluster("evaluate", "cpus_per_gpu"),
@@ -43,6 +44,7 @@ rule predict:
         settings=variant_settings("profile", "data", "model", "variants.{variant}", "evaluate", "profiles"),
     wildcard_constraints:
         variant="|".join(VARIANTS),
+    threads: job_threads("evaluate")
     resources:
         gpu=cluster("evaluate", "gpus"),
         cpus_per_gpu=cluster("evaluate", "cpus_per_gpu"),

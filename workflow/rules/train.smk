@@ -17,6 +17,7 @@ rule train:
         settings=variant_settings("profile", "data", "model", "variants.{variant}", "train", "profiles"),
     wildcard_constraints:
         variant="|".join(VARIANTS),
+    threads: job_threads("train")
     resources:
         # `pep train` starts torchrun itself when the job holds several GPUs
         gpu=cluster("train", "gpus"),
