@@ -142,9 +142,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                     tracker.log_dict({k: v for k, v in cfg.items() if k != "params_file"}, "config.json")
                     tracker.log_artifact(folder / "train_log.jsonl")
                     tracker.log_artifact(curves)
+                    model_uri = _log_model(cfg, tracker, args.variant, seed, folder,
+                                           register=cfg["tracking"]["register_models"] and args.max_iters is None)
                     print(f"trained {args.variant} seed {seed}: {summary['iterations']} iterations, "
                           f"{summary['images_seen']} images in {summary['train_time_s']:.0f} s -> "
-                          f"{folder / 'model_final.pt'}")
+                          f"{folder / 'model_final.pt'}" + (f" (MLflow: {model_uri})" if model_uri else ""))
         if main_rank and args.max_iters is None:
             # Every seed is done: the checkpoints have served (a crash in a later seed resumed the
             # earlier ones at their end). Without them, the next run of this stage, which
@@ -154,6 +156,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         distributed.shutdown()
     return 0
+
+
+def _log_model(cfg: dict, tracker, variant: str, seed: int, folder, register: bool) -> str | None:
+    """The trained model logged (and registered) in MLflow; its URI, None without tracking."""
+    from pep import mlflow_model
+    from pep.engine import checkpoint
+
+    if not tracker.enabled:
+        return None
+    final = folder / checkpoint.FINAL
+    described = mlflow_model.description(cfg, variant, seed, checkpoint.load(final))
+    return tracker.log_model(final, described, register=register)
 
 
 def _device(cfg: dict):
@@ -185,11 +199,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    cfg = load_params(args.params)
+    if args.images is not None or args.out is not None or args.model is not None:
+        return _predict_images(cfg, args)
     from pep.engine.evaluate import predict_test_dev
 
-    cfg = load_params(args.params)
-    if args.split != "test-dev":
-        raise PepError("`pep predict` writes the test-dev submission; score val with `pep evaluate`")
+    if args.variant is None:
+        raise PepError("`pep predict` needs --variant (the test-dev submission), or --images DIR "
+                       "--out OUT with --variant or --model (your own images)")
     seed = _seeds(cfg, args.seed)[0]
     summary = predict_test_dev(cfg, args.variant, seed, device=_device(cfg), progress=not args.quiet)
     line = f"{args.variant} test-dev: {summary['detections']} detections on {summary['images']} images -> {summary['submission']}"
@@ -197,6 +214,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
         line += f" (scored locally: AP {summary['metrics']['AP']:.1f})"
     print(line)
     return 0
+
+
+def _predict_images(cfg: dict, args: argparse.Namespace) -> int:
+    """`pep predict --images DIR --out OUT`: a folder of one's own images, segmented."""
+    from pep.engine.segment import segment_folder
+
+    if args.images is None or args.out is None:
+        raise PepError("`pep predict --images DIR --out OUT`: both folders are needed")
+    if (args.variant is None) == (args.model is None):
+        raise PepError("`pep predict --images`: give the model as either --variant V [--seed S] "
+                       "(from runs/) or --model URI (from MLflow), not both or neither")
+    if args.variant is not None:
+        from pep.engine.segment import Segmenter
+        from pep.engine.train import load_trained
+
+        seed = _seeds(cfg, args.seed)[0]
+        device = _device(cfg)
+        model, state = load_trained(cfg, args.variant, seed, device)
+        segmenter = Segmenter(model, cfg["data"]["input"], list(state["class_names"]), device)
+        source = f"{args.variant} seed {seed}"
+    else:
+        from pep.tracking import load_segmenter
+
+        segmenter = load_segmenter(cfg, args.model)
+        source = args.model
+    summary = segment_folder(segmenter, args.images, args.out, args.score_threshold,
+                             progress=not args.quiet)
+    print(f"{source}: {summary['instances']} instances (score >= {args.score_threshold}) on "
+          f"{summary['images']} images -> {summary['results']}, {summary['overlays']}/")
+    for skipped in summary["skipped"]:
+        print(f"pep: skipped {args.images / skipped['file_name']}: not a readable image ({skipped['reason']})",
+              file=sys.stderr)
+    return 1 if summary["skipped"] else 0
 
 
 def cmd_eval_results(args: argparse.Namespace) -> int:
@@ -222,17 +272,17 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from pep.reports.index import index_file, write_index
+    from pep.reports.index import index_file, page_file, write_index
     from pep.reports.tables import table_files, write_tables
 
     cfg = load_params(args.params)
-    with StagedOutputs([*table_files(cfg), index_file(cfg)], "`pep tables`") as outputs:
+    with StagedOutputs([*table_files(cfg), index_file(cfg), page_file(cfg)], "`pep tables`") as outputs:
         tables = write_tables(cfg, outputs=outputs)
         index = write_index(cfg, tables, outputs)
         outputs.publish()
     for table in tables.values():
         print(f"wrote {table.name}.md/.tex/.csv ({len(table.cells)} rows)")
-    print(f"wrote {index}")
+    print(f"wrote {index} and {index.with_name('index.html')}")
     return 0
 
 
@@ -320,11 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="write the COCO test-dev submission zip of a trained variant")
+    p = sub.add_parser("predict", help="write the COCO test-dev submission zip of a trained variant, or "
+                                       "segment a folder of your own images (--images DIR --out OUT)")
     _add_params_arg(p)
-    p.add_argument("--variant", required=True, choices=variants)
+    p.add_argument("--variant", choices=variants, help="the trained variant (from runs/)")
     p.add_argument("--split", default="test-dev", choices=["test-dev"])
     p.add_argument("--seed", type=int, help="the seed whose model predicts (default: the first)")
+    p.add_argument("--images", type=Path, help="a folder of JPEG/PNG images to segment")
+    p.add_argument("--out", type=Path, help="with --images: where results.json and overlays/ go")
+    p.add_argument("--model", help="with --images: an MLflow model URI instead of --variant, e.g. "
+                                   "models:/pep-pep/1 or runs:/<run id>/model")
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="with --images: instances kept and drawn from this score on (default 0.3)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

@@ -130,6 +130,7 @@ class _DropLockedErrors(logging.Filter):
 def _quiet_mlflow() -> None:
     # MLflow writes "View run ... at" links straight to stdout when a run on a server ends.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars in every stage log
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").addFilter(_DropLockedErrors())
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -152,7 +153,7 @@ def _retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         delay = min(delay * 2, 2.0)
 
 
-def _sqlite_file(uri: str) -> Path | None:
+def sqlite_file(uri: str) -> Path | None:
     path = uri.removeprefix("sqlite:///").partition("?")[0] if uri.startswith("sqlite:///") else ""
     return Path(path) if path and path != ":memory:" else None
 
@@ -164,7 +165,7 @@ def _store_init_lock(uri: str) -> Iterator[None]:
     MLflow's SqlAlchemyStore creates and migrates the tables of a fresh database without a lock
     of its own, so several processes starting together on a new file trip over each other.
     """
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     if db is None or uri in _initialized_stores:
         yield
         return
@@ -193,10 +194,12 @@ def _experiment_id(client: "MlflowClient", name: str, uri: str) -> str:
     """The experiment's id, creating it (artifacts beside a sqlite file) when it is missing."""
     from mlflow.exceptions import MlflowException
 
+    from pep.mlflow_artifacts import EXPERIMENT_LOCATION
+
     experiment = _retrying(client.get_experiment_by_name, name)
     if experiment is None:
-        db = _sqlite_file(uri)
-        location = (db.parent / "mlartifacts").as_uri() if db else None
+        # relative to the store's folder (pep.mlflow_artifacts): a moved project keeps working
+        location = EXPERIMENT_LOCATION if sqlite_file(uri) else None
         try:
             return _retrying(client.create_experiment, name, artifact_location=location)
         except MlflowException as exc:
@@ -224,6 +227,7 @@ class Tracker:
         self._client: MlflowClient | None = None
         self._run_id: str | None = None
         self._ended = False
+        self._monitor = None  # MLflow's system metrics sampler, during training
 
     @property
     def run_id(self) -> str | None:
@@ -235,11 +239,24 @@ class Tracker:
                 "params_hash": params_hash(self.cfg, self.variant)}
 
     def start(self, stage: str) -> "Tracker":
-        """Open the run for `stage` ("train" or "evaluate"): resumed, joined or new (see module)."""
+        """Open the run for `stage` ("train" or "evaluate"): resumed, joined or new (see module);
+        training also samples system metrics (CPU, memory, GPU where there is one) into it."""
+        self._open(stage)
+        interval = self.cfg["tracking"].get("system_metrics_interval_s", 0)
+        if self.enabled and stage == "train" and interval:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self._run_id, sampling_interval=interval,
+                                                 samples_before_logging=1,
+                                                 tracking_uri=tracking_uri(self.cfg))
+            self._monitor.start()
+        return self
+
+    def _open(self, stage: str) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if not self.enabled:
-            return self
+            return
         if self._run_id is not None:
             raise RuntimeError(f"tracker already started (run {self._run_id})")
         self.stage = stage
@@ -266,7 +283,7 @@ class Tracker:
             self.set_tags(extra)
             if stage == "train":
                 self.log_params(flatten(self.cfg))  # completes a crash during the first attempt
-            return self
+            return
         tags = {**identity, "git_commit": git_commit(), **extra}
         if stage == "evaluate":
             log.warning("MLflow: no finished training run of %s/seed %s with params_hash %s in "
@@ -279,7 +296,6 @@ class Tracker:
                         run_name=f"{self.variant}-seed{self.seed}")
         self._run_id = run.info.run_id
         self.log_params(flatten(self.cfg))
-        return self
 
     def _active(self) -> bool:
         if not self.enabled:
@@ -330,6 +346,44 @@ class Tracker:
         if self._active():
             _retrying(self._client.log_dict, self._run_id, obj, name)
 
+    def log_model(self, weights: str | os.PathLike, described: dict, register: bool = True) -> str | None:
+        """The trained model as the MLflow model `model` of this run (pep.mlflow_model), with
+        `pep` itself as its code, registered as `pep-<variant>` when `register`. Returns the URI
+        that loads it: models:/pep-<variant>/<version>, or runs:/<run>/model."""
+        if not self._active():
+            return None
+        import tempfile
+
+        import mlflow
+        import pandas as pd
+
+        import pep
+        from pep import mlflow_model
+
+        name = f"pep-{self.variant}" if register else None
+        with tempfile.TemporaryDirectory() as tmp:
+            description = Path(tmp) / "pep_model.json"
+            description.write_text(json.dumps(described, indent=2), encoding="utf-8")
+            example = pd.DataFrame({"image": [mlflow_model.example_image_bytes()]})
+            mlflow.set_tracking_uri(tracking_uri(self.cfg))
+            # log_model needs the run active; leaving the block marks it finished, and end()
+            # gives it the stage's own status afterwards
+            with mlflow.start_run(run_id=self._run_id):
+                info = _retrying(
+                    mlflow.pyfunc.log_model, name="model", python_model=str(Path(pep.__file__).with_name("mlflow_entry.py")),
+                    artifacts={mlflow_model.WEIGHTS: str(weights), mlflow_model.DESCRIPTION: str(description)},
+                    code_paths=[str(Path(pep.__file__).parent)], signature=mlflow_model.signature(),
+                    input_example=(example, mlflow_model.DEFAULT_PARAMS),
+                    pip_requirements=mlflow_model.requirements(), registered_model_name=name,
+                    tags=self.identity_tags())
+            _retrying(self._client.update_run, self._run_id, status="RUNNING")
+        if name is None:
+            return f"runs:/{self._run_id}/model"
+        version = info.registered_model_version
+        for key, value in self.identity_tags().items():
+            _retrying(self._client.set_model_version_tag, name, str(version), key, value)
+        return f"models:/{name}/{version}"
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         if not self._active():
             return
@@ -345,6 +399,12 @@ class Tracker:
             return
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception:  # a sampler that cannot write loses samples, not the stage
+                log.warning("MLflow: system metrics of run %s not completed", self._run_id, exc_info=True)
+            self._monitor = None
         outcome = {"FINISHED": "done", "FAILED": "failed", "KILLED": "killed"}[status]
         self.set_tags({f"stage_{self.stage}": outcome})
         _retrying(self._client.set_terminated, self._run_id, status)
@@ -376,7 +436,7 @@ def compare_runs(cfg: dict) -> "pandas.DataFrame":
     uri = tracking_uri(cfg)
     name = cfg["tracking"]["experiment"]
     rows = []
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     if db is None or db.exists():  # never create an empty store just to say it is empty
         client = _client(uri)
         experiment = _retrying(client.get_experiment_by_name, name)
@@ -411,3 +471,25 @@ def format_comparison(df: "pandas.DataFrame") -> str:
         return (f"no runs in experiment '{df.attrs.get('experiment', '?')}' "
                 f"at {df.attrs.get('tracking_uri', '?')}")
     return df.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.1f}")
+
+
+def load_segmenter(cfg: dict, model_uri: str):
+    """The pep.engine.segment.Segmenter inside an MLflow model (models:/, runs:/ or a path),
+    resolved against the project's store; one PepError naming the URI when it cannot load."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pep.errors import PepError
+    from pep.mlflow_model import PepPyfuncModel
+
+    _quiet_mlflow()
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PepError(f"MLflow model {model_uri} cannot be loaded from {tracking_uri(cfg)}: {first}") from None
+    python_model = loaded.unwrap_python_model()
+    if not isinstance(python_model, PepPyfuncModel):
+        raise PepError(f"MLflow model {model_uri} is not a PEP model (it is {type(python_model).__name__})")
+    return python_model.segmenter

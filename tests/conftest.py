@@ -7,7 +7,9 @@ import copy
 import io
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,32 @@ FAKE100 = SHARED / "data" / "cocoapi_fake100"
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
        "MLFLOW_TRACKING_URI": ""}
+
+BOUND_S = 60  # no refused command may run longer than this
+
+
+def pep(*args: str, cwd: Path, env: dict | None = None, timeout: float = BOUND_S,
+        prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, str(BIN / "pep"), *args], cwd=cwd, env=env or ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def refused(*args: str, cwd: Path, names: tuple[str, ...], env: dict | None = None,
+            prefix: tuple[str, ...] = ()) -> str:
+    """Run a command that must fail as a user should see it fail; its stderr."""
+    started = time.monotonic()
+    proc = pep(*args, cwd=cwd, env=env, prefix=prefix)
+    seconds = time.monotonic() - started
+    shown = f"$ pep {' '.join(args)}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode not in (0, None), shown
+    assert "Traceback" not in proc.stdout + proc.stderr, shown
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("pep: error:")]
+    assert len(errors) == 1, shown  # one message (it may go on over indented lines)
+    message = proc.stderr[proc.stderr.index("pep: error:"):]
+    for name in names:
+        assert name in message, f"{name!r} not in the message\n{shown}"
+    assert seconds < BOUND_S
+    return proc.stderr
 
 
 def write(path: Path, data) -> Path:
@@ -55,8 +83,8 @@ def make_project(folder: Path, synth_root: Path, **train) -> Path:
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["data"].update(root=str(synth_root), num_workers=0)
     raw["data"]["input"].update(train_min_size=[96], test_min_size=96, max_size=128)
-    raw["train"].update(batch_size=4, epochs=4, checkpoint_every_iters=4, log_every_iters=2,
-                        warmup_iters=4, **train)
+    raw["train"].update({"batch_size": 4, "epochs": 4, "checkpoint_every_iters": 4, "log_every_iters": 2,
+                         "warmup_iters": 4, **train})
     # caps that never bind: their random subsets would differ between process layouts
     raw["model"]["perceive"]["train_positives_per_image"] = 10_000
     raw["model"]["excavate"]["max_mined_per_image"] = 10_000

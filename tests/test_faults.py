@@ -24,40 +24,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, ENV, TINY_COCO, make_project, perfect_results, write
+from conftest import BIN, BOUND_S, ENV, TINY_COCO, make_project, perfect_results, pep, refused, write
 from pep.config import PROJECT_ROOT
 
-BOUND_S = 60  # no case may run longer than this
 TINY_VAL = TINY_COCO / "annotations" / "instances_val2017.json"
 VARIANT = "baseline"
 PARAMS = PROJECT_ROOT / "params.yaml"
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def pep(*args: str, cwd: Path, env: dict | None = None, timeout: float = BOUND_S,
-        prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, str(BIN / "pep"), *args], cwd=cwd, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def refused(*args: str, cwd: Path, names: tuple[str, ...], env: dict | None = None,
-            prefix: tuple[str, ...] = ()) -> str:
-    """Run a command that must fail as a user should see it fail; its stderr."""
-    started = time.monotonic()
-    proc = pep(*args, cwd=cwd, env=env, prefix=prefix)
-    seconds = time.monotonic() - started
-    shown = f"$ pep {' '.join(args)}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode not in (0, None), shown
-    assert "Traceback" not in proc.stdout + proc.stderr, shown
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("pep: error:")]
-    assert len(errors) == 1, shown  # one message (it may go on over indented lines)
-    message = proc.stderr[proc.stderr.index("pep: error:"):]
-    for name in names:
-        assert name in message, f"{name!r} not in the message\n{shown}"
-    assert seconds < BOUND_S
-    return proc.stderr
-
 
 def ok(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = pep(*args, cwd=cwd, env=env)

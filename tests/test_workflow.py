@@ -22,6 +22,7 @@ import yaml
 from pep.config import PROJECT_ROOT, VARIANTS
 
 from slurm_cluster import job_info, run_snakemake_on_slurm  # noqa: E402  (tests/ is on sys.path)
+from system_packages import require
 
 pytest_plugins = ["slurm_cluster"]
 
@@ -40,8 +41,10 @@ def env() -> dict:
             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
-def sh(*cmd, cwd, timeout=900, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env(), capture_output=True, text=True,
+def sh(*cmd, cwd, timeout=900, check=True, threads: int | None = None) -> subprocess.CompletedProcess:
+    """A command in the project; `threads` pins torch's thread count (OMP_NUM_THREADS)."""
+    extra = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env={**env(), **extra}, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
@@ -195,7 +198,7 @@ def result_numbers(root: Path) -> dict:
 
 
 EXPECTED_OUTPUTS = ("reports/tables/ablation.md", "reports/tables/ablation.tex", "reports/tables/comparison.csv",
-                    "reports/README.md", "reports/figures/training_curves.png", "reports/figures/qualitative.png",
+                    "reports/README.md", "reports/index.html", "reports/figures/training_curves.png", "reports/figures/qualitative.png",
                     "reports/figures/ap_per_variant.png", "reports/plots/training_curves.csv",
                     *(f"submissions/{v}/detections_test-dev2017_pep-{v}_results.zip" for v in VARIANTS))
 
@@ -205,7 +208,9 @@ def dvc_project(tmp_path_factory) -> Path:
     """The tiny pipeline run once by `dvc repro`, as `make demo` does."""
     project = copy_project(tmp_path_factory.mktemp("dvc") / "project")
     started = time.monotonic()
-    proc = sh(BIN / "dvc", "repro", cwd=project)
+    # with as many threads as Snakemake gives each job (its `threads`, the cluster CPUs of
+    # tiny_params): float sums, and so the trained models, depend on the thread count
+    proc = sh(BIN / "dvc", "repro", cwd=project, threads=tiny_params()["cluster"]["train"]["cpus"])
     print(f"dvc repro: {time.monotonic() - started:.0f} s")
     assert "Running stage 'figures'" in proc.stdout and "Running stage 'tables'" in proc.stdout
     return project
@@ -225,6 +230,64 @@ def test_dvc_repro_runs_the_pipeline_then_nothing(dvc_project):
     assert "metrics/pep/val.json" in metrics and '"AP"' in metrics
     sh(BIN / "dvc", "plots", "show", "-o", "plots_html", cwd=dvc_project)
     assert (dvc_project / "plots_html" / "index.html").stat().st_size > 0
+
+
+# As root and on a closed network: no sandbox, and none of Chromium's own connections.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync")
+
+
+def rendered(page: Path, profile: Path) -> dict:
+    """What headless Chromium (Debian's, through Selenium and chromedriver) shows of a page:
+    each image with whether it loaded and its drawn size, each link, and the tables' text."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(page.as_uri())  # returns once the load event has fired: images are done
+        return driver.execute_script(
+            "return {title: document.title,"
+            " images: Array.from(document.images).map(i => ({src: i.getAttribute('src'),"
+            "   loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth, height: i.naturalHeight})),"
+            " links: Array.from(document.links).map(a => a.getAttribute('href')),"
+            " tables: Array.from(document.querySelectorAll('table')).map(t => t.innerText)};")
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+def test_the_report_page_renders_in_chromium_with_every_image(dvc_project, tmp_path):
+    require("Chromium", ["chromium", "chromium-driver"],
+            lambda: bool(shutil.which("chromium") and shutil.which("chromedriver")))
+    from PIL import Image
+
+    page = dvc_project / "reports" / "index.html"
+    shown = rendered(page, tmp_path / "profile")
+    assert shown["title"].startswith("PEP reproduction")
+    figures = {"figures/training_curves.png", "figures/ap_per_variant.png", "figures/qualitative.png"}
+    assert {image["src"] for image in shown["images"]} == figures
+    for image in shown["images"]:
+        assert image["loaded"], image
+        assert (image["width"], image["height"]) == Image.open(page.parent / image["src"]).size
+    local = [href for href in shown["links"] if "://" not in href]
+    assert {f"tables/{t}.{f}" for t in ("ablation", "comparison") for f in ("md", "tex", "csv")} <= set(local)
+    for href in local:
+        assert (page.parent / href).is_file(), href
+    tables = "\n".join(shown["tables"])
+    assert all(variant in tables for variant in VARIANTS) and "PEP (paper)" in tables and "BoundaryFormer" in tables
+
+    # the check sees a broken image: the same page with one figure gone
+    broken = tmp_path / "broken"
+    shutil.copytree(page.parent, broken)
+    (broken / "figures" / "qualitative.png").unlink()
+    missing = [i["src"] for i in rendered(broken / "index.html", tmp_path / "profile2")["images"] if not i["loaded"]]
+    assert missing == ["figures/qualitative.png"]
 
 
 @pytest.mark.slow

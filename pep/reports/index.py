@@ -1,15 +1,20 @@
-"""reports/README.md: what the reports hold and what produced them.
+"""reports/README.md and reports/index.html: what the reports hold and what produced them.
 
-Written by `pep tables` after the tables: links every table and figure (a figure `pep figures`
-has not drawn yet is listed as "not built yet"), names the data set, profile, git commit and
-parameters (the params hash of pep.tracking and the settings that shape the numbers), and embeds
-the ablation table's Markdown so that the page reads on its own.
+Written by `pep tables` after the tables (and after `pep figures`, which the pipeline runs
+first): names the data set, profile, git commit and parameters (the params hash of pep.tracking
+and the settings that shape the numbers), links every table in its three formats, shows every
+figure (one `pep figures` has not drawn yet is listed as "not built yet"), and embeds both
+tables, so that the page reads on its own. index.html is the same Markdown rendered by
+markdown-it-py, for a browser: open reports/index.html.
 """
 
 from __future__ import annotations
 
+import html
 import subprocess
 from pathlib import Path
+
+from markdown_it import MarkdownIt
 
 from pep.config import output_path
 from pep.jsonfile import StagedOutputs
@@ -58,13 +63,18 @@ def index_file(cfg: dict) -> Path:
     return output_path(cfg, "reports", "README.md")
 
 
+def page_file(cfg: dict) -> Path:
+    return output_path(cfg, "reports", "index.html")
+
+
 def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs) -> Path:
-    """reports/README.md, staged in `outputs` (`pep tables` publishes it with the tables)."""
+    """reports/README.md and reports/index.html, staged in `outputs` (`pep tables` publishes
+    them with the tables); the README's path."""
     reports = output_path(cfg, "reports")
     tables_rel = "/".join(TABLES_FOLDER[1:])
     lines = ["# Reports", "",
              "Written by `pep tables` from `metrics/` (do not edit by hand: it is rewritten on "
-             "every run).", "",
+             "every run). The same page for a browser: `index.html`.", "",
              "## What produced them", "",
              "| | |", "|:---|:---|",
              f"| data set | {dataset_name(cfg)} (`data.source: {cfg['data']['source']}`, "
@@ -87,10 +97,33 @@ def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs) -> 
     for file, what in FIGURES:
         path = reports / "figures" / file
         if path.exists():
-            lines.append(f"- [{file}](figures/{file}): {what}")
+            lines += [f"**{what[0].upper() + what[1:]}** ([{file}](figures/{file})):", "",
+                      f"![{what}](figures/{file})", ""]
         else:
-            lines.append(f"- {file}: {what} -- not built yet (`pep figures`)")
-    lines += ["", "## Ablation", "", to_markdown(tables["ablation"]).rstrip("\n"), ""]
+            lines += [f"- {file}: {what} -- not built yet (`pep figures`)", ""]
+    lines += ["## Ablation", "", to_markdown(tables["ablation"]).rstrip("\n"), "",
+              "## Comparison", "", to_markdown(tables["comparison"]).rstrip("\n"), ""]
+    markdown = "\n".join(lines)
     path = index_file(cfg)
-    outputs.write_text(path, "\n".join(lines))
+    outputs.write_text(path, markdown)
+    outputs.write_text(page_file(cfg), to_html(markdown, f"PEP reproduction: {dataset_name(cfg)}"))
     return path
+
+
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
+       line-height: 1.45; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.2rem 0.6rem; }
+th { background: #f4f4f4; }
+img { max-width: 100%; border: 1px solid #eee; }
+code { background: #f4f4f4; padding: 0 0.2rem; }
+"""
+
+
+def to_html(markdown: str, title: str) -> str:
+    """A self-contained page of the Markdown (CommonMark with tables; raw HTML is escaped)."""
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n"
+            f"<body>\n{body}</body>\n</html>\n")

@@ -2,6 +2,7 @@ rule tables:
     output:
         directory("reports/tables"),
         "reports/README.md",
+        "reports/index.html",
     input:
         expand("metrics/{variant}/val.json", variant=VARIANTS),
         expand("metrics/{variant}/val_bootstrap.json", variant=VARIANTS),

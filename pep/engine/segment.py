@@ -1,0 +1,190 @@
+"""Segmenting a user's own images: `pep predict --images DIR --out OUT`, and the MLflow model.
+
+One path for both: an image file (JPEG or PNG, any size, any mode, EXIF orientation applied) ->
+RGB -> the test-time resize the model was trained for -> the model -> instances at the image's
+own size, each with its mask (compressed RLE), box, category id and name, and score.
+
+Writes, for `pep predict --images`:
+
+  OUT/results.json             one record per instance: file_name, width, height, category_id,
+                               category_name, score, segmentation (COCO compressed RLE), bbox
+                               ([x, y, w, h], COCO's)
+  OUT/overlays/<stem>.png      the image with each kept instance's mask, outline, box, class
+                               and score drawn (torchvision.utils)
+
+All staged and published together, results.json last; an unreadable image is skipped and named,
+the others are still done.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+from torchvision import tv_tensors
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from tqdm import tqdm
+
+from pep.data.coco import InputSize
+from pep.errors import PepError
+from pep.jsonfile import StagedOutputs
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Instance colours (matplotlib's tab10), one per category, so a class reads the same everywhere.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf"]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """The picture as a person sees it: (H, W, 3) uint8 RGB, EXIF orientation applied, grey and
+    16-bit images scaled to 8 bits, transparency laid on white. OSError and PIL's errors pass
+    through for the caller to name the file."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float grey: stretch to 8 bits
+            grey = np.asarray(im, dtype=np.float64)
+            top = grey.max() if grey.size else 0.0
+            im = Image.fromarray((grey / top * 255 if top > 0 else grey).astype(np.uint8))
+        if im.mode == "P":
+            im = im.convert("RGBA")
+        if im.mode in ("RGBA", "LA"):
+            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, im.convert("RGBA"))
+        return np.asarray(im.convert("RGB")).copy()
+
+
+@dataclass
+class Segmentation:
+    """One image's instances, highest score first: masks (K, H, W) bool at the image's size."""
+    masks: np.ndarray
+    scores: np.ndarray
+    category_ids: np.ndarray
+    category_names: list[str]
+
+    def records(self, file_name: str) -> list[dict]:
+        """COCO-style result records of the instances, keyed by file name instead of image id."""
+        height, width = self.masks.shape[1:]
+        if not len(self.masks):
+            return []
+        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0), dtype=np.uint8))
+        out = []
+        for rle, score, category_id, name in zip(rles, self.scores, self.category_ids, self.category_names):
+            out.append({"file_name": file_name, "width": int(width), "height": int(height),
+                        "category_id": int(category_id), "category_name": name, "score": float(score),
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                        "bbox": [round(float(v), 2) for v in mask_utils.toBbox(rle)]})
+        return out
+
+    def above(self, threshold: float) -> "Segmentation":
+        keep = self.scores >= threshold
+        return Segmentation(self.masks[keep], self.scores[keep], self.category_ids[keep],
+                            [n for n, k in zip(self.category_names, keep) if k])
+
+
+class Segmenter:
+    """A trained PEP model with the test-time resize it was trained for, applied to one image."""
+
+    def __init__(self, model: torch.nn.Module, input_cfg: dict, class_names: list[str],
+                 device: torch.device | str = "cpu"):
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.resize = InputSize.from_params(input_cfg, train=False).transforms()
+        self.divisibility = int(input_cfg["size_divisibility"])
+        ids = [int(i) for i in model.category_ids.tolist()]
+        if len(class_names) != len(ids):
+            raise PepError(f"the model has {len(ids)} categories but {len(class_names)} names")
+        self.names = dict(zip(ids, class_names))
+
+    @torch.inference_mode()
+    def __call__(self, pixels: np.ndarray) -> Segmentation:
+        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        height, width = image.shape[-2:]
+        resized = self.resize({"image": tv_tensors.Image(image)})["image"].as_subclass(torch.Tensor)
+        h, w = resized.shape[-2:]
+        div = self.divisibility
+        batch = F.pad(resized, (0, -(-w // div) * div - w, 0, -(-h // div) * div - h))[None]
+        target = {"image_id": 0, "orig_size": (int(height), int(width)), "size": (int(h), int(w))}
+        out = self.model(batch.to(self.device), [target])[0]
+        order = torch.argsort(out["scores"], descending=True).cpu()
+        ids = out["category_ids"].cpu()[order].numpy()
+        return Segmentation(out["masks"].cpu()[order].numpy().astype(bool), out["scores"].cpu()[order].numpy(),
+                            ids, [self.names[int(i)] for i in ids])
+
+
+def overlay(pixels: np.ndarray, seg: Segmentation, category_order: list[int]) -> np.ndarray:
+    """The image with each instance's mask (half transparent), outline, box, class and score."""
+    image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    if not len(seg.masks):
+        return pixels
+    masks = torch.from_numpy(seg.masks)
+    colours = [PALETTE[category_order.index(int(c)) % len(PALETTE)] if int(c) in category_order
+               else PALETTE[0] for c in seg.category_ids]
+    image = draw_segmentation_masks(image, masks, alpha=0.45, colors=colours)
+    # outline: the mask minus its 3x3 erosion
+    eroded = -F.max_pool2d(-masks[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0.5
+    image = draw_segmentation_masks(image, masks & ~eroded, alpha=1.0, colors=colours)
+    boxes = torch.from_numpy(mask_utils.toBbox(mask_utils.encode(
+        np.asfortranarray(seg.masks.transpose(1, 2, 0), dtype=np.uint8)))).float().reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+    labels = [f"{name} {score:.2f}" for name, score in zip(seg.category_names, seg.scores)]
+    image = draw_bounding_boxes(image, boxes, labels=labels, colors=colours, width=1)
+    return image.permute(1, 2, 0).numpy()
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The JPEG and PNG files directly in `folder`, by name; a clear error when there are none."""
+    if not folder.is_dir():
+        raise PepError(f"{folder}: no such folder of images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PepError(f"{folder}: no JPEG or PNG images in it ({', '.join(IMAGE_SUFFIXES)}; "
+                       "subfolders are not searched)")
+    return files
+
+
+def overlay_names(files: list[Path]) -> dict[Path, str]:
+    """<stem>.png for each image; <name with its suffix>.png where two images share a stem."""
+    stems = [f.stem for f in files]
+    return {f: (f"{f.stem}.png" if stems.count(f.stem) == 1 else f"{f.stem}{f.suffix.replace('.', '_')}.png")
+            for f in files}
+
+
+def segment_folder(segmenter: Segmenter, folder: str | Path, out: str | Path, score_threshold: float,
+                   progress: bool = True) -> dict:
+    """Segment every image of `folder` into `out` (see the module). Returns a summary: images
+    done, instances kept, and the files skipped with the reason."""
+    folder, out = Path(folder), Path(out)
+    if not 0.0 <= score_threshold <= 1.0:
+        raise PepError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
+    files = image_files(folder)
+    names = overlay_names(files)
+    overlays = out / "overlays"
+    overlays.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    category_order = sorted(segmenter.names)
+    records, skipped = [], []
+    with StagedOutputs([*(overlays / names[f] for f in files), results_path], "`pep predict --images`") as staged:
+        for path in tqdm(files, desc="segment", unit="image", disable=None if progress else True):
+            try:
+                pixels = read_image(path)
+            except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("%s: skipped, not a readable image (%s)", path, reason)
+                skipped.append({"file_name": path.name, "reason": reason})
+                continue
+            kept = segmenter(pixels).above(score_threshold)
+            records += kept.records(path.name)
+            Image.fromarray(overlay(pixels, kept, category_order)).save(
+                staged.temp_path(overlays / names[path]), format="PNG")
+        staged.write_json(results_path, records, indent=None)
+        staged.publish()
+    return {"images": len(files) - len(skipped), "instances": len(records), "skipped": skipped,
+            "results": results_path, "overlays": overlays}
