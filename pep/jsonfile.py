@@ -12,6 +12,7 @@ new ones renamed into place, the completion marker (e.g. metrics/<variant>/val.j
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -95,6 +96,19 @@ def check_writable(folder: str | Path, command: str) -> None:
                        "fix the folder's permissions or free space, then run it again") from None
 
 
+def _process_alive(pid: str) -> bool:
+    """Whether the process `pid` (digits from a staged file's name) still runs on this machine."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 class StagedOutputs:
     """The output files of one stage run, published together or not at all.
 
@@ -110,8 +124,12 @@ class StagedOutputs:
         self._staged: dict[Path, Path] = {}
         for folder in dict.fromkeys(p.parent for p in self.outputs):
             check_writable(folder, command)
-            for stale in folder.glob(".*.pep-staged-*"):  # left by a run that was SIGKILLed
-                stale.unlink(missing_ok=True)
+        for path in self.outputs:
+            # left by a SIGKILLed run of this stage; only its own files, and only those of a dead
+            # process: stages writing other files of the folder may be running beside it
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.pep-staged-*"):
+                if not _process_alive(stale.name.rpartition("-")[2]):
+                    stale.unlink(missing_ok=True)
 
     def __enter__(self) -> "StagedOutputs":
         return self

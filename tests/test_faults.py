@@ -402,3 +402,23 @@ def test_an_interrupted_evaluation_leaves_the_previous_outputs(project):
         results = project / "results" / VARIANT / f"seed{seed}" / "results_val.json"
         scored = json.loads(ok("eval-results", str(gt), str(results), cwd=project).stdout)
         assert scored["AP"] == metrics["per_seed"][seed]["AP"]  # the files belong together
+
+
+def test_stages_staging_in_one_folder_at_once_keep_each_others_files(tmp_path):
+    """Two validate jobs publish into reports/data/ at the same time (Snakemake runs them side by
+    side): the second one's sweep of SIGKILL leftovers must not take the first one's staged file."""
+    from pep.jsonfile import StagedOutputs
+
+    first = StagedOutputs([tmp_path / "validate_val.json"], "first")
+    first.write_json(tmp_path / "validate_val.json", {"split": "val"})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".validate_train.json.pep-staged-{dead.pid}"  # a killed run's
+    leftover.write_text("{}")
+    second = StagedOutputs([tmp_path / "validate_train.json"], "second")
+    assert not leftover.exists()
+    second.write_json(tmp_path / "validate_train.json", {"split": "train"})
+    first.publish()
+    second.publish()
+    assert read(tmp_path / "validate_val.json") == {"split": "val"}
+    assert read(tmp_path / "validate_train.json") == {"split": "train"}
