@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from tqdm import tqdm
 
+from pep import evaluation
 from pep.data.coco import InputSize
 from pep.errors import PepError
 from pep.jsonfile import StagedOutputs
@@ -70,18 +70,14 @@ class Segmentation:
     category_names: list[str]
 
     def records(self, file_name: str) -> list[dict]:
-        """COCO-style result records of the instances, keyed by file name instead of image id."""
+        """COCO-style result records of the instances, keyed by file name instead of image id
+        (pep.evaluation's encoding and boxes)."""
         height, width = self.masks.shape[1:]
-        if not len(self.masks):
-            return []
-        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0), dtype=np.uint8))
-        out = []
-        for rle, score, category_id, name in zip(rles, self.scores, self.category_ids, self.category_names):
-            out.append({"file_name": file_name, "width": int(width), "height": int(height),
-                        "category_id": int(category_id), "category_name": name, "score": float(score),
-                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                        "bbox": [round(float(v), 2) for v in mask_utils.toBbox(rle)]})
-        return out
+        coco = evaluation.add_boxes(evaluation.encode_instances(0, self.masks, self.scores, self.category_ids))
+        return [{"file_name": file_name, "width": int(width), "height": int(height),
+                 "category_id": r["category_id"], "category_name": name, "score": r["score"],
+                 "segmentation": r["segmentation"], "bbox": r["bbox"]}
+                for r, name in zip(coco, self.category_names)]
 
     def above(self, threshold: float) -> "Segmentation":
         keep = self.scores >= threshold
@@ -119,8 +115,9 @@ class Segmenter:
                             ids, [self.names[int(i)] for i in ids])
 
 
-def overlay(pixels: np.ndarray, seg: Segmentation, category_order: list[int]) -> np.ndarray:
-    """The image with each instance's mask (half transparent), outline, box, class and score."""
+def overlay(pixels: np.ndarray, seg: Segmentation, records: list[dict], category_order: list[int]) -> np.ndarray:
+    """The image with each instance's mask (half transparent), outline, box, class and score;
+    `records` are seg.records(), whose boxes are drawn."""
     image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
     if not len(seg.masks):
         return pixels
@@ -131,8 +128,7 @@ def overlay(pixels: np.ndarray, seg: Segmentation, category_order: list[int]) ->
     # outline: the mask minus its 3x3 erosion
     eroded = -F.max_pool2d(-masks[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0.5
     image = draw_segmentation_masks(image, masks & ~eroded, alpha=1.0, colors=colours)
-    boxes = torch.from_numpy(mask_utils.toBbox(mask_utils.encode(
-        np.asfortranarray(seg.masks.transpose(1, 2, 0), dtype=np.uint8)))).float().reshape(-1, 4)
+    boxes = torch.tensor([r["bbox"] for r in records], dtype=torch.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
     labels = [f"{name} {score:.2f}" for name, score in zip(seg.category_names, seg.scores)]
     image = draw_bounding_boxes(image, boxes, labels=labels, colors=colours, width=1)
@@ -181,8 +177,9 @@ def segment_folder(segmenter: Segmenter, folder: str | Path, out: str | Path, sc
                 skipped.append({"file_name": path.name, "reason": reason})
                 continue
             kept = segmenter(pixels).above(score_threshold)
-            records += kept.records(path.name)
-            Image.fromarray(overlay(pixels, kept, category_order)).save(
+            found = kept.records(path.name)
+            records += found
+            Image.fromarray(overlay(pixels, kept, found, category_order)).save(
                 staged.temp_path(overlays / names[path]), format="PNG")
         staged.write_json(results_path, records, indent=None)
         staged.publish()
