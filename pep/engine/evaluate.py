@@ -20,7 +20,6 @@ import time
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
 
 from pep import evaluation
 from pep.config import output_path, resolve_data_path, results_path
@@ -30,25 +29,33 @@ from pep.data.synth import PRIVATE_TEST_DEV_GT
 from pep.engine.checkpoint import FINAL
 from pep.engine.train import load_trained
 from pep.jsonfile import StagedOutputs
+from pep.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def predict(model, dataset: CocoInstances, cfg: dict, device: torch.device, progress: bool = True):
-    """COCO results records for every image of `dataset`, and the seconds spent in the model."""
+def predict(model, dataset: CocoInstances, cfg: dict, device: torch.device, progress: bool = True,
+            name: str = "predict"):
+    """COCO results records for every image of `dataset`, and the seconds spent in the model.
+
+    Progress: tqdm's bar in a terminal (none with progress=False, `--quiet`); in a log, a line
+    `name: image i/n ...` every evaluate.progress_every_s seconds and at the end, quiet or not."""
     loader = DataLoader(dataset, batch_size=cfg["evaluate"]["batch_size"], shuffle=False,
                         num_workers=cfg["data"]["num_workers"],
                         collate_fn=Collate(cfg["data"]["input"]["size_divisibility"]))
-    results, model_seconds = [], 0.0
-    for images, targets in tqdm(loader, desc="predict", unit="batch", disable=None if progress else True,
-                                leave=False):
-        started = time.perf_counter()
-        outputs = model(images.to(device), targets)
-        model_seconds += time.perf_counter() - started
-        for out, target in zip(outputs, targets):
-            results += evaluation.encode_instances(target["image_id"], out["masks"].cpu(),
-                                                   out["scores"].cpu(), out["category_ids"].cpu())
+    results, model_seconds, done = [], 0.0, 0
+    with ProgressLog(len(dataset), name, every_s=cfg["evaluate"]["progress_every_s"], unit="image",
+                     bar=progress, leave=False) as meter:
+        for images, targets in loader:
+            started = time.perf_counter()
+            outputs = model(images.to(device), targets)
+            model_seconds += time.perf_counter() - started
+            for out, target in zip(outputs, targets):
+                results += evaluation.encode_instances(target["image_id"], out["masks"].cpu(),
+                                                       out["scores"].cpu(), out["category_ids"].cpu())
+            done += len(targets)
+            meter.update(done, len(targets))
     return results, model_seconds
 
 
@@ -88,7 +95,8 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
             if first_model is None:  # params and FLOPs are the same for every seed
                 first_model = model
             log.info("%s seed %d: predicting %d val images", variant, seed, len(dataset))
-            results, seconds = predict(model, dataset, cfg, torch.device(device), progress)
+            results, seconds = predict(model, dataset, cfg, torch.device(device), progress,
+                                       name=f"evaluate {variant} seed {seed} val")
             seed_results[seed] = results
             segm = evaluation.evaluate(gt, results, "segm")
             box = evaluation.evaluate(gt, evaluation.add_boxes(results), "bbox")
@@ -178,7 +186,8 @@ def predict_test_dev(cfg: dict, variant: str, seed: int, device="cpu", progress:
         _check_categories(final, private_gt, default_run_dir(cfg, variant, seed) / FINAL)
     with outputs:
         log.info("%s seed %d: predicting %d test-dev images", variant, seed, len(dataset))
-        results, _ = predict(model, dataset, cfg, torch.device(device), progress)
+        results, _ = predict(model, dataset, cfg, torch.device(device), progress,
+                             name=f"predict {variant} seed {seed} test-dev")
         evaluation.write_submission(results, submissions, algorithm, outputs)
         summary = {"submission": str(zip_path), "detections": len(results), "images": len(dataset)}
         record = {"variant": variant, "split": "test-dev", "seed": seed,
