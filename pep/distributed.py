@@ -4,11 +4,37 @@ that makes N processes train exactly the model one process would with the same t
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them everything runs as rank 0 of 1.
 NCCL serves GPUs and gloo the CPU, so the same command runs on a laptop, on 8 GPUs and on
 several nodes.
+
+`pep train` starts its workers itself (`launch_plan`, `launch`): on one machine, or in a SLURM
+allocation of one node, `torchrun --standalone` with one process per GPU; in a SLURM allocation
+of several nodes, one torchrun per node through `srun`, meeting by c10d rendezvous on the
+allocation's first node. Run `pep train` once per job: from the batch script, salloc's shell,
+or one task of a step (`srun -n1`, as Snakemake's SLURM executor runs a rule); inside a step
+the srun gets `--overlap`, since the step already holds the node's CPUs and GPUs. The node
+count is the job's: SLURM_JOB_NUM_NODES, else (inside a step, where Snakemake's executor
+strips it) the hosts of SLURM_JOB_NODELIST, else SLURM_NNODES. Environment variables that
+steer it:
+
+- PEP_LAUNCH: `auto` (the default: as above), `standalone` (torchrun on this node only, even in
+  an allocation of several nodes) or `srun` (the multi-node path even in a one-node
+  allocation: how a one-node test cluster runs the srun + c10d launch).
+- MASTER_PORT: the rendezvous port on the first node; without it 29500 + SLURM_JOB_ID mod 1000,
+  so that two jobs that share a first node do not take the same port.
+
+The first node's name comes from SLURM_JOB_NODELIST, expanded by `scontrol show hostnames`. The
+other nodes run the same Python at the same path (a shared file system), as usual on clusters.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -70,12 +96,157 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def torchrun_command(processes: int, argv: list[str]) -> list[str]:
+def torchrun_command(processes: int, argv: Sequence[str], python: str | None = None) -> list[str]:
     """The same `pep` command, run by torchrun as `processes` workers on this node."""
-    import sys
-
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    return [python or sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={processes}", "-m", "pep.cli", *argv]
+
+
+log = logging.getLogger("pep")
+
+LAUNCH_MODES = ("auto", "standalone", "srun")
+RDZV_BASE_PORT = 29500  # torchrun's own default port, shifted by the job id (see rendezvous_port)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How `pep train` starts its workers: `command` is what this process runs; `torchrun` is
+    the torchrun command that runs on each node (the same as `command` without srun)."""
+
+    mode: str  # "standalone" or "srun"
+    nodes: int
+    processes_per_node: int
+    command: tuple[str, ...]
+    torchrun: tuple[str, ...]
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * self.processes_per_node
+
+
+def launch_plan(processes: int, argv: Sequence[str], environ: Mapping[str, str] | None = None,
+                python: str | None = None) -> LaunchPlan | None:
+    """The launch of `pep <argv>` with `processes` workers per node, from the environment
+    `environ` (os.environ by default); None when this process should simply train itself
+    (one process on one node). See the module's docstring for the rules and variables."""
+    from pep.errors import PepError
+
+    env = os.environ if environ is None else environ
+    python = python or sys.executable
+    mode = env.get("PEP_LAUNCH", "").strip().lower() or "auto"
+    if mode not in LAUNCH_MODES:
+        raise PepError(f"PEP_LAUNCH is {env['PEP_LAUNCH']!r}; use one of {', '.join(LAUNCH_MODES)}")
+    job_id = env.get("SLURM_JOB_ID", "")
+    if mode == "srun" and not job_id:
+        raise PepError("PEP_LAUNCH=srun needs a SLURM allocation, and SLURM_JOB_ID is not set: "
+                       "run `pep train` in an sbatch script or in salloc's shell")
+    nodes = allocation_nodes(env) if job_id and mode != "standalone" else 1
+    if mode == "auto":
+        mode = "srun" if nodes > 1 else "standalone"
+    if mode == "standalone":
+        if processes <= 1:
+            return None
+        command = tuple(torchrun_command(processes, argv, python))
+        return LaunchPlan("standalone", 1, processes, command, command)
+
+    host = allocation_hosts(env)[0]
+    port = rendezvous_port(env)
+    torchrun = (python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+                f"--nproc-per-node={processes}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={host}:{port}", f"--rdzv-id={job_id}", "-m", "pep.cli", *argv)
+    srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"]
+    if env.get("SLURM_CPUS_PER_TASK"):
+        # Some Slurm releases (22.05 on) no longer hand sbatch's --cpus-per-task on to srun:
+        # the one task per node, torchrun and all its workers, would be bound to one CPU.
+        srun.append(f"--cpus-per-task={env['SLURM_CPUS_PER_TASK']}")
+    if env.get("SLURM_STEP_ID"):
+        # Inside a step, which holds this node's resources: without --overlap the new step
+        # would wait for them until the job's time runs out.
+        srun.append("--overlap")
+    srun.append("--kill-on-bad-exit=1")
+    return LaunchPlan("srun", nodes, processes, (*srun, *torchrun), torchrun)
+
+
+def allocation_nodes(environ: Mapping[str, str] | None = None) -> int:
+    """How many nodes the SLURM job holds: SLURM_JOB_NUM_NODES; inside a step without it (a
+    step's SLURM_NNODES counts the step's nodes), the hosts of SLURM_JOB_NODELIST; else
+    SLURM_NNODES; else 1."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_JOB_NUM_NODES", "").strip():
+        return _count(env, "SLURM_JOB_NUM_NODES")
+    if env.get("SLURM_STEP_ID", "").strip():
+        return len(allocation_hosts(env))
+    return _count(env, "SLURM_NNODES") if env.get("SLURM_NNODES", "").strip() else 1
+
+
+def _count(env: Mapping[str, str], name: str) -> int:
+    from pep.errors import PepError
+
+    value = env[name].strip()
+    if not value.isdigit() or int(value) < 1:
+        raise PepError(f"{name} is {value!r}, not a number of nodes")
+    return int(value)
+
+
+def allocation_hosts(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The hosts of the SLURM job, first node first: SLURM_JOB_NODELIST (e.g. `gpu[01-03,07]`)
+    expanded by `scontrol show hostnames`; a plain host name (one node) as it is."""
+    from pep.errors import PepError
+
+    env = os.environ if environ is None else environ
+    var = "SLURM_JOB_NODELIST" if env.get("SLURM_JOB_NODELIST") else "SLURM_NODELIST"
+    nodelist = env.get(var, "").strip()
+    if not nodelist:
+        raise PepError("SLURM_JOB_NODELIST is not set: cannot tell the allocation's nodes and "
+                       "the first of them, where the workers meet")
+    if not re.search(r"[\[,\s]", nodelist):
+        return [nodelist]
+    scontrol = shutil.which("scontrol", path=env.get("PATH"))
+    if scontrol is None:
+        raise PepError(f"cannot expand {var}={nodelist} to find the first node: `scontrol` "
+                       "(SLURM's client tools) is not on PATH")
+    try:
+        proc = subprocess.run([scontrol, "show", "hostnames", nodelist], check=False,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PepError(f"cannot expand {var}={nodelist}: `scontrol show hostnames` failed: "
+                       f"{exc}") from exc
+    hosts = proc.stdout.split()
+    if proc.returncode != 0 or not hosts:
+        raise PepError(f"cannot expand {var}={nodelist}: `scontrol show hostnames` exited "
+                       f"{proc.returncode}: {(proc.stderr or proc.stdout).strip() or 'no hosts'}")
+    return hosts
+
+
+def rendezvous_port(environ: Mapping[str, str] | None = None) -> int:
+    """MASTER_PORT if set, else 29500 + SLURM_JOB_ID mod 1000 (29500 outside SLURM)."""
+    from pep.errors import PepError
+
+    env = os.environ if environ is None else environ
+    given = env.get("MASTER_PORT", "").strip()
+    if given:
+        if not given.isdigit() or not 0 < int(given) < 65536:
+            raise PepError(f"MASTER_PORT is {given!r}, not a port number (1-65535)")
+        return int(given)
+    digits = re.sub(r"\D", "", env.get("SLURM_JOB_ID", ""))
+    return RDZV_BASE_PORT + (int(digits) % 1000 if digits else 0)
+
+
+def launch(plan: LaunchPlan) -> int:
+    """Run the plan's command, logging it; its exit status."""
+    from pep.errors import PepError
+
+    where = "torchrun on this node"
+    if plan.mode == "srun":
+        nodes = f"{plan.nodes} node" + ("s" if plan.nodes > 1 else "")
+        where = f"{nodes} x {plan.processes_per_node}, srun + c10d rendezvous"
+    log.info("launching %d training processes (%s): %s", plan.processes, where,
+             shlex.join(plan.command))
+    try:
+        return subprocess.call(plan.command)
+    except FileNotFoundError as exc:
+        raise PepError(f"cannot start the training processes: {plan.command[0]} not found"
+                       + (" (SLURM's srun is not on PATH)" if plan.mode == "srun" else "")) from exc
 
 
 def shutdown() -> None:
