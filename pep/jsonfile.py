@@ -76,9 +76,16 @@ def load_yaml_unique(text: str) -> Any:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write through a temporary file and a rename: a reader never sees half a file."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """write_json_atomic for any text; the temporary file is the process' own, so that two
+    processes writing the same content side by side (Snakemake jobs reading the Snakefile) do
+    not trip over each other."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 

@@ -75,21 +75,16 @@ def tracking_uri(cfg: dict) -> str:
     return f"{prefix}{os.path.abspath(base / path)}{sep}{query}"
 
 
-# Settings that do not change what training produces: evaluating with another batch size, or
-# adding a seed to train.seeds, must still find the training run it belongs to.
-_NOT_HASHED = {"params_file", "evaluate", "tracking", "cluster"}
-_NOT_HASHED_TRAIN = {"seeds", "log_every_iters", "checkpoint_every_iters"}
-
-
 def params_hash(cfg: dict, variant: str | None = None) -> str:
-    """12 hex chars that change when a parameter that shapes the trained model does. With a
-    variant, the other variants' settings are left out: editing one variant leaves the others'
-    runs (and checkpoints) valid."""
-    effective = {key: value for key, value in cfg.items() if key not in _NOT_HASHED}
-    if isinstance(effective.get("train"), dict):
-        effective["train"] = {k: v for k, v in effective["train"].items() if k not in _NOT_HASHED_TRAIN}
-    if variant is not None and isinstance(effective.get("variants"), dict):
-        effective["variants"] = {variant: effective["variants"].get(variant)}
+    """12 hex chars that change when a parameter that shapes the trained model does (a
+    variant's training settings, pep.stage_settings, without the seed); without a variant, any
+    variant's. Editing one variant leaves the others' runs (and checkpoints) valid; adding a
+    seed or changing an inference rule leaves every run valid."""
+    from pep.config import VARIANTS
+    from pep.stage_settings import train_settings
+
+    effective = train_settings(cfg, variant, None) if variant is not None else \
+        {name: train_settings(cfg, name, None) for name in VARIANTS}
     canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
