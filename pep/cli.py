@@ -34,6 +34,21 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from pep import stage_settings
+
+    cfg = load_params(args.params)
+    if args.check:
+        stale = stage_settings.stale(cfg)
+        for name in stale:
+            print(f"pep: {name} is out of date with {args.params}; run `pep settings`", file=sys.stderr)
+        return 1 if stale else 0
+    written = stage_settings.refresh(cfg)
+    names = ", ".join(p.name for p in written) if written else "none: every job's settings are unchanged"
+    print(f"profile {cfg['profile']}: settings rewritten: {names}")
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from pep.data.synth import generate
 
@@ -82,14 +97,17 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from pep.data.validate import validate_dataset
 
+    from pep.config import project_relative
+
     if args.split:
         if args.annotations or args.images:
             raise PepError("give either --split or --annotations and --images, not both")
         cfg = load_params(args.params)
         annotations = resolve_data_path(cfg, f"{args.split}_annotations")
         images = resolve_data_path(cfg, f"{args.split}_images")
+        show_path = lambda path: project_relative(cfg, path)  # noqa: E731
     elif args.annotations and args.images:
-        annotations, images = args.annotations, args.images
+        annotations, images, show_path = args.annotations, args.images, str
     else:
         raise PepError("name the data set to check: --split train|val (paths from params), "
                        "or --annotations FILE and --images FOLDER")
@@ -99,7 +117,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     print(report.summary(max_examples=args.examples))
     if outputs:
         with outputs:
-            outputs.write_json(args.report, report.to_dict())
+            outputs.write_json(args.report, report.to_dict(show_path))
             outputs.publish()
     return 0 if report.trainable else 1
 
@@ -120,13 +138,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_params(args.params)
     processes = distributed.processes_to_launch(cfg["train"])
-    if processes > 1 and not distributed.under_launcher():
-        # One command for dvc, Snakemake and SLURM jobs: it starts torchrun itself.
-        import subprocess
-
-        command = distributed.torchrun_command(processes, args.argv)
-        log.info("launching %d training processes: %s", processes, " ".join(command))
-        return subprocess.call(command)
+    if not distributed.under_launcher() and (plan := distributed.launch_plan(processes, args.argv)):
+        # One command for dvc, Snakemake and SLURM jobs: it starts torchrun itself (in a SLURM
+        # allocation of several nodes, one torchrun per node through srun; see pep.distributed).
+        return distributed.launch(plan)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         for seed in _seeds(cfg, args.seed):
@@ -308,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="show this profile instead of the file's `profile` key")
     p.set_defaults(func=cmd_params)
 
+    p = sub.add_parser("settings", help="write each job's result-relevant settings to settings/*.json "
+                                        "(the files dvc and Snakemake rerun jobs by)")
+    _add_params_arg(p)
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each out-of-date file")
+    p.set_defaults(func=cmd_settings)
+
     data = sub.add_parser("data", help="data sets: generate, validate")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
@@ -357,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_arg(p)
     p.add_argument("--variant", required=True, choices=variants)
     p.add_argument("--seed", type=int, help="one seed (default: every seed of train.seeds)")
-    p.add_argument("--max-iters", type=int, help="stop after this many iterations (smoke runs)")
+    p.add_argument("--max-iters", type=int, help="stop after this many iterations (a smoke run); refused "
+                                                 "where it would replace a fully trained model")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=cmd_train)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -109,6 +110,10 @@ def validate_params(raw: dict) -> list[str]:
     base_rules = consistency_problems(effective_params(raw, "default"))
     problems = [f"{key}: {msg}" for key, msg in base_rules]
     for name, overrides in raw["profiles"].items():
+        if "seeds" in overrides.get("train", {}):
+            # dvc.yaml's matrix of training jobs reads the top-level list, whatever the profile
+            problems.append(f"profiles.{name}.train.seeds: seeds are set once, as train.seeds at the "
+                            "top level, for every profile")
         merged = effective_params(raw, name)
         schema_errors = list(_errors({**merged, "profile": raw["profile"],
                                       "profiles": raw["profiles"]}, schema))
@@ -134,6 +139,14 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
             out.append((f"model.levels.scale_ranges[{i}]", f"expected low < high, got [{low}, {high}]"))
     if sorted(levels["features"]) != levels["features"]:
         out.append(("model.levels.features", "must be in increasing order (finest level first)"))
+    data, profile = cfg["data"], cfg.get("profile", "default")
+    home = f"data/{profile}"
+    root = os.path.normpath(data["root"])
+    if data["source"] != "synth" and (root == home or root.startswith(home + os.sep)):
+        # data/<profile> is the data stage's DVC output: a data set inside would be copied into
+        # DVC's cache (COCO: 26 GB) and pushed with the results
+        out.append(("data.root", f"a {data['source']} data set must lie outside {home}/, which DVC "
+                                 f"caches; e.g. datasets/{profile} ({home}/ then holds only its manifest)"))
     synth = cfg["data"]["synth"]
     for key in ("image_size", "crowds_per_image", "objects_per_crowd", "loners_per_image",
                 "object_size"):
@@ -251,6 +264,14 @@ def resolve_data_path(cfg: dict, key: str) -> Path:
     base = Path(cfg.get("params_file", DEFAULT_PARAMS)).parent
     root = base / cfg["data"]["root"]
     return root if key == "root" else root / cfg["data"][key]
+
+
+def project_relative(cfg: dict, path: str | Path) -> str:
+    """`path` as outputs record it: relative to the project (the folder of params.yaml) when it
+    lies inside, so that results do not change when the project moves; else as it is."""
+    base = Path(cfg.get("params_file", DEFAULT_PARAMS)).parent.resolve()
+    resolved = Path(path).resolve()
+    return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(path)
 
 
 def output_path(cfg: dict, *parts: str) -> Path:

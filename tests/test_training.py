@@ -229,3 +229,18 @@ def test_pep_learns_on_the_synthetic_set(tmp_path, default_params):
     metrics = evaluate_variant(cfg, "pep", [0], progress=False)
     print(f"pep after 2,400 images: AP {metrics['AP']:.1f}, AP50 {metrics['AP50']:.1f}")
     assert metrics["AP50"] >= 2.0 and metrics["AP"] >= 0.5, metrics
+
+
+def test_a_smoke_run_never_replaces_a_trained_model(tmp_path, small_synth):
+    params = make_project(tmp_path, small_synth, epochs=1)  # 24 images / 4: 6 iterations in all
+    pep_cmd("train", "--params", str(params), "--variant", "baseline", "--no-tracking", cwd=tmp_path)
+    final = tmp_path / "runs/baseline/seed0/model_final.pt"
+    before = final.read_bytes()
+    proc = subprocess.run([str(BIN / "pep"), "train", "--params", str(params), "--variant", "baseline",
+                           "--max-iters", "2", "--no-tracking"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{final} is a fully trained model (6 iterations)" in proc.stderr
+    assert final.read_bytes() == before
+    # a smoke run over a smoke run's model, or as long as the schedule, goes ahead
+    pep_cmd("train", "--params", str(params), "--variant", "baseline", "--max-iters", "6", "--no-tracking",
+            cwd=tmp_path)

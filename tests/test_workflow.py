@@ -33,6 +33,8 @@ PROJECT_FILES = ("pep", "workflow", "dvc.yaml", "Snakefile", ".dvcignore", "envi
                  "reports/test-dev-server")
 LOG_SUFFIX = re.compile(r" 2>&1 \| tee (\S+)$")  # Snakemake also keeps each job's output in a log
 TIMING_KEYS = {"train_time_s", "infer_ms_per_image"}
+README_EXP_SHOW = re.search(r"^dvc exp show --drop '\.\*' --keep '[^']+'", (PROJECT_ROOT / "README.md").read_text(),
+                            re.M).group(0)
 
 
 def env() -> dict:
@@ -55,7 +57,9 @@ def sh(*cmd, cwd, timeout=900, check=True, threads: int | None = None) -> subpro
 # -- one DAG -------------------------------------------------------------------------------------
 
 def dvc_stages(root: Path) -> dict[str, dict]:
-    """Every stage of dvc.yaml, resolved (foreach expanded, ${...} filled in) by DVC itself."""
+    """Every stage of dvc.yaml, resolved (foreach and matrix expanded, ${...} filled in) by DVC
+    itself. A dependency on a folder that holds other stages' outputs (`runs/pep`, every seed's
+    run) stands for those outputs, as it does in DVC's graph."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
@@ -64,16 +68,21 @@ def dvc_stages(root: Path) -> dict[str, dict]:
         for stage in repo.index.stages:
             files = [d for d in stage.deps if not isinstance(d, ParamsDependency)]
             params = [key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params]
-            stages[stage.addressing] = {
+            stages[stage.name] = {
                 "cmd": stage.cmd,
                 "inputs": {os.path.relpath(d.fs_path, root) for d in files},
                 "outputs": {os.path.relpath(o.fs_path, root) for o in stage.outs},
                 "params": set(params)}
+    outputs = {out for stage in stages.values() for out in stage["outputs"]}
+    for stage in stages.values():
+        stage["inputs"] = {o for i in stage["inputs"] for o in
+                           ([i] if i in outputs else sorted(o for o in outputs if o.startswith(i + "/")) or [i])}
     return stages
 
 
 def snakemake_jobs(root: Path) -> dict[str, dict]:
-    """Every job of a dry run from scratch, keyed like DVC's stages (`rule@wildcard`)."""
+    """Every job of a dry run from scratch, keyed like DVC's stages (`rule@wildcard`, or
+    `rule@a-b` for several wildcards, as DVC names a matrix' stages)."""
     out = sh(BIN / "snakemake", "--dry-run", "--forceall", "--printshellcmds", cwd=root).stdout
     jobs = {}
     for block in re.split(r"\n(?=rule \w+:)", out):
@@ -82,7 +91,7 @@ def snakemake_jobs(root: Path) -> dict[str, dict]:
             continue
         fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, re.M))
         wildcards = dict(w.split("=", 1) for w in fields.get("wildcards", "").split(", ") if w)
-        name = head.group(1) + (f"@{next(iter(wildcards.values()))}" if wildcards else "")
+        name = head.group(1) + (f"@{'-'.join(wildcards.values())}" if wildcards else "")
         command = re.search(r"^Shell command: (.*)$", block, re.M).group(1)
         jobs[name] = {"cmd": LOG_SUFFIX.sub("", command), "wildcards": wildcards,
                       "inputs": set(fields.get("input", "").split(", ")) - {""},
@@ -90,67 +99,59 @@ def snakemake_jobs(root: Path) -> dict[str, dict]:
     return jobs
 
 
-def snakemake_params(root: Path) -> dict[str, set]:
-    """The params.yaml keys each job depends on (the keys of its `settings` param)."""
-    from types import SimpleNamespace
-
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import OutputSettings, ResourceSettings
-
-    found = {}
-    cwd = os.getcwd()
-    try:
-        with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-            workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=root / "Snakefile",
-                                    workdir=root)._workflow  # the parsed rules; no public accessor
-            for rule in workflow.rules:
-                if rule.name == "all":
-                    continue
-                settings = rule.params[0]
-                items = {"variant": VARIANTS, "split": ["train", "val"]}
-                wildcard = next((w for w in items if f"{{{w}" in str(rule.output)), None)
-                for item in (items[wildcard] if wildcard else [None]):
-                    value = settings(SimpleNamespace(**{wildcard: item})) if callable(settings) else settings
-                    found[rule.name + (f"@{item}" if item else "")] = set(value)
-    finally:
-        os.chdir(cwd)
-    return found
-
-
-def test_dvc_yaml_and_snakefile_describe_one_dag():
-    dvc = dvc_stages(PROJECT_ROOT)
-    smk = snakemake_jobs(PROJECT_ROOT)
-    params = snakemake_params(PROJECT_ROOT)
+def test_dvc_yaml_and_snakefile_describe_one_dag(tmp_path):
+    project = copy_project(tmp_path / "p", {"train": {**tiny_params()["train"], "seeds": [0, 1]}})
+    dvc = dvc_stages(project)
+    smk = snakemake_jobs(project)
+    # DVC writes the settings files in a stage of its own; Snakemake when it reads the workflow
+    settings = dvc.pop("settings")
+    assert settings["outputs"] == {"settings"} and "params.yaml" in settings["inputs"]
     assert set(dvc) == set(smk), f"stages only in dvc.yaml: {set(dvc) - set(smk)}; only in the Snakefile: {set(smk) - set(dvc)}"
-    assert {"data", "tables", "figures", *(f"{s}@{v}" for s in ("train", "evaluate", "predict") for v in VARIANTS)} <= set(dvc)
+    jobs = {"data", "tables", "figures", *(f"{s}@{v}" for s in ("evaluate", "predict") for v in VARIANTS),
+            *(f"train@{v}-{seed}" for v in VARIANTS for seed in (0, 1))}
+    assert jobs <= set(dvc)
     for name, stage in dvc.items():
         job = smk[name]
         assert job["cmd"] == stage["cmd"], f"{name}: the commands differ"
         assert job["inputs"] == stage["inputs"], f"{name}: inputs differ: {job['inputs'] ^ stage['inputs']}"
         assert job["outputs"] == stage["outputs"], f"{name}: outputs differ: {job['outputs'] ^ stage['outputs']}"
-        assert params[name] == stage["params"], f"{name}: params differ: {params[name] ^ stage['params']}"
-    # a variant's own settings reach its chain alone
-    for stage in ("train", "evaluate", "predict"):
-        for variant in VARIANTS:
-            others = {f"variants.{v}" for v in VARIANTS if v != variant}
-            assert f"variants.{variant}" in dvc[f"{stage}@{variant}"]["params"]
-            assert not others & dvc[f"{stage}@{variant}"]["params"]
+        # a job's settings come from its own settings file alone, never from params.yaml keys
+        assert not stage["params"], f"{name}: depends on params.yaml keys {stage['params']}"
+        own = {i for i in stage["inputs"] if i.startswith("settings/")}
+        assert len(own) == 1 and (project / next(iter(own))).is_file(), f"{name}: settings files {own}"
+    assert dvc["train@pep-1"]["inputs"] >= {"settings/train-pep-seed1.json"}
+    assert {"runs/pep/seed0", "runs/pep/seed1"} <= dvc["evaluate@pep"]["inputs"]
+    assert "runs/pep/seed1" not in dvc["predict@pep"]["inputs"]  # the first seed's model submits
 
 
-def test_snakemake_lint_is_clean():
+def test_snakemake_lint_is_clean_but_for_environments():
+    """Every lint but one: rules name no conda environment, since none could install the `pep`
+    package (Snakemake copies the environment file away from the project); jobs run in the
+    project's .venv (README, "Environments")."""
     proc = sh(BIN / "snakemake", "--lint", cwd=PROJECT_ROOT, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lints = re.findall(r"^\s+\* (.*)$", proc.stdout + proc.stderr, re.M)
+    assert lints and set(lints) == {"Specify a conda environment or container for each rule.:"}, lints
+    assert "conda:" not in "".join(p.read_text() for p in (PROJECT_ROOT / "workflow" / "rules").glob("*.smk"))
 
 
 def test_training_jobs_ask_slurm_for_what_params_say(tmp_path):
     """The resources a training job asks for follow params.yaml `cluster` (the coco profile's
     node of 8 GPUs here); the slurm plugin turns them into --gpus, --cpus-per-gpu, --mem, -t."""
+    def train_resources(project: Path) -> dict:
+        out = sh(BIN / "snakemake", "--dry-run", "--forceall", "runs/pep/seed0", cwd=project).stdout
+        block = out[out.index("rule train:"):]
+        return dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block).group(1).split(", "))
+
     project = copy_project(tmp_path / "p", {"profile": "coco"})
-    out = sh(BIN / "snakemake", "--dry-run", "--forceall", "runs/pep", cwd=project).stdout
-    block = out[out.index("rule train:"):]
-    resources = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block).group(1).split(", "))
+    resources = train_resources(project)
+    assert resources["nodes"] == "1"  # eight GPUs of one node, not spread over several
     assert resources["gpu"] == "8" and resources["cpus_per_gpu"] == "8" and resources["cpus_per_task"] == "0"
     assert resources["mem_mb"] == "256000" and resources["runtime"] == "4320"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["profiles"]["coco"]["cluster"]["train"]["nodes"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    resources = train_resources(project)
+    assert resources["nodes"] == "2" and resources["gpu"] == "16"  # gpus are per node
 
 
 # -- the pipeline, run ---------------------------------------------------------------------------
@@ -298,9 +299,93 @@ def test_one_variants_setting_reruns_its_chain_and_the_reports_only(dvc_project,
     sh("git", "commit", "-qm", "results", cwd=clone)  # an experiment starts from a commit
     proc = sh(BIN / "dvc", "exp", "run", "-S", "variants.purify.dedup=matrix_nms", cwd=clone).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", proc))
-    assert ran == {"train@purify", "evaluate@purify", "predict@purify", "tables", "figures"}, ran
+    # de-duplication is inference: purify's models are re-scored, not retrained
+    assert ran == {"settings", "evaluate@purify", "predict@purify", "tables", "figures"}, ran
     assert yaml.safe_load((clone / "params.yaml").read_text())["variants"]["purify"]["dedup"] == "matrix_nms"
-    assert "matrix_nms" in sh(BIN / "dvc", "params", "diff", cwd=clone).stdout
+    assert "matrix_nms" in (clone / "settings" / "evaluate-purify.json").read_text()
+    # the README's `dvc exp show` line: a table one can read
+    keep = README_EXP_SHOW.split("--keep ")[1].strip("'")
+    table = sh(BIN / "dvc", "exp", "show", "--md", "--drop", ".*", "--keep", keep, cwd=clone).stdout
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert len(header) == 1 + 4 * 3 + 6 and "metrics/purify/val.json:AP" in header and "train.lr" in header, header
+
+
+def _set(params: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        params = params[part]
+    params[last] = value
+
+
+def dvc_status(root: Path) -> set[str]:
+    """The stages `dvc status` lists: those whose own dependencies or outputs changed."""
+    return set(json.loads(sh(BIN / "dvc", "status", "--json", cwd=root).stdout))
+
+
+def snakemake_plan(root: Path) -> dict[str, str]:
+    """The jobs `snakemake -n` would run, each with its reason."""
+    out = sh(BIN / "snakemake", "--dry-run", cwd=root).stdout
+    plan = {}
+    for block in re.split(r"\n(?=rule \w+:)", out):
+        head = re.match(r"rule (\w+):", block)
+        if not head or head.group(1) == "all":
+            continue
+        fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, re.M))
+        wildcards = [w.split("=", 1)[1] for w in fields.get("wildcards", "").split(", ") if w]
+        plan[head.group(1) + (f"@{'-'.join(wildcards)}" if wildcards else "")] = fields.get("reason", "")
+    return plan
+
+
+def downstream(stages: dict[str, dict], names: set[str]) -> set[str]:
+    """`names` and every stage that consumes their outputs, transitively."""
+    found, todo = set(names), list(names)
+    while todo:
+        outputs = stages[todo.pop()]["outputs"]
+        for name, stage in stages.items():
+            if name not in found and stage["inputs"] & outputs:
+                found.add(name)
+                todo.append(name)
+    return found
+
+
+REPORTS = {"tables", "figures"}
+EVERY = {f"{stage}@{v}" for stage in ("evaluate", "predict") for v in VARIANTS}
+# (setting, new value, the stages whose own settings change)
+CHANGES = [
+    ("profiles.coco.cluster.train.runtime_min", 60, set()),
+    ("cluster.train.mem_mb", 2000, set()),
+    ("data.num_workers", 1, set()),
+    ("train.log_every_iters", 5, set()),
+    ("train.checkpoint_every_iters", 7, set()),
+    ("tracking.system_metrics_interval_s", 0, set()),
+    ("evaluate.bootstrap.resamples", 30, {f"evaluate@{v}" for v in VARIANTS} | REPORTS),
+    ("variants.purify.dedup", "matrix_nms", {"evaluate@purify", "predict@purify"} | REPORTS),
+    ("model.inference.score_threshold", 0.1, EVERY | REPORTS),
+    ("train.epochs", 2, {f"train@{v}-0" for v in VARIANTS} | REPORTS),
+    ("train.seeds", [0, 1], {f"train@{v}-1" for v in VARIANTS} | {f"evaluate@{v}" for v in VARIANTS} | REPORTS),
+]
+
+
+@pytest.mark.slow
+def test_dvc_and_snakemake_rerun_the_same_jobs_and_only_where_a_result_can_change(dvc_project, tmp_path):
+    """After the DVC-built pipeline, each change makes `dvc status` and `snakemake -n` name the
+    same jobs: DVC those whose own settings changed (`dvc repro` then reruns what their new
+    outputs feed), Snakemake those and everything downstream of them at once."""
+    assert snakemake_plan(dvc_project) == {}, "Snakemake would redo DVC's work"
+    for key, value, expected in CHANGES:
+        project = tmp_path / key
+        shutil.copytree(dvc_project, project, symlinks=True)  # times kept: Snakemake compares them
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        _set(params, key, value)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        plan = snakemake_plan(project)  # reading the Snakefile refreshes settings/
+        listed = dvc_status(project) - {"settings"}  # params.yaml itself changed
+        assert listed == expected, f"{key}: dvc status lists {sorted(listed)}"
+        # Snakemake names a job's own reason only where no upstream job reruns anyway
+        direct = {name for name, reason in plan.items() if reason.startswith(("Updated input files",
+                                                                               "Missing output files"))}
+        assert direct <= listed, f"{key}: snakemake {sorted(direct)}, dvc {sorted(listed)}"
+        assert set(plan) == downstream(dvc_stages(project), listed), f"{key}: {plan}"
 
 
 @pytest.mark.slow
@@ -312,6 +397,12 @@ def test_snakemake_makes_the_same_outputs_as_dvc(dvc_project, tmp_path):
     assert result_numbers(project) == result_numbers(dvc_project)
     dry = sh(BIN / "snakemake", "--dry-run", cwd=project).stdout
     assert "Nothing to be done" in dry
+    # the self-contained report holds every table and figure (the `report()` outputs)
+    sh(BIN / "snakemake", "--report", "report.zip", cwd=project)
+    with zipfile.ZipFile(project / "report.zip") as z:
+        names = z.namelist()
+    for name in ("ablation.csv", "comparison.csv", "training_curves.png", "ap_per_variant.png", "qualitative.png"):
+        assert any(n.endswith(name) for n in names), (name, names[:40])
 
 
 @pytest.mark.slow
@@ -325,6 +416,13 @@ def test_results_travel_through_a_dvc_remote_without_retraining(dvc_project, tmp
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(dvc_project), str(clone), cwd=tmp_path)
     assert not list(clone.glob("runs/*/seed*/model_final.pt")) and not (clone / "data" / "default").exists()
+    # nothing machine-specific: no output names the folder it was made in
+    for path in (*clone.glob("reports/**/*.*"), *clone.glob("metrics/**/*.json"), *clone.glob("settings/*.json"),
+                 clone / "dvc.lock"):
+        if path.suffix in (".json", ".md", ".csv", ".tex", ".html", ".lock"):
+            assert str(dvc_project) not in path.read_text(), path
+    sh(BIN / "dvc", "pull", cwd=clone)
+    assert json.loads(sh(BIN / "dvc", "status", "--json", cwd=clone).stdout) == {}, "a pulled clone reruns something"
     # a change to the report code: the tables and figures must be rebuilt from pulled results
     with open(clone / "pep" / "reports" / "__init__.py", "a") as f:
         f.write("# a reader's edit\n")

@@ -79,11 +79,12 @@ def write_manifest(cfg: dict, home: Path) -> Path:
     for key in ANNOTATION_KEYS:
         path = resolve_data_path(cfg, key)
         if path.is_file():
-            files[key] = {"path": str(path), "bytes": path.stat().st_size, "md5": _md5(path)}
-    images = {key: str(resolve_data_path(cfg, key)) for key in IMAGE_KEYS}
+            files[key] = {"path": cfg["data"][key], "bytes": path.stat().st_size, "md5": _md5(path)}
+    images = {key: cfg["data"][key] for key in IMAGE_KEYS}
     home.mkdir(parents=True, exist_ok=True)
     manifest = home / MANIFEST
-    write_json_atomic(manifest, {"source": cfg["data"]["source"], "root": str(resolve_data_path(cfg, "root")),
+    # paths as params.yaml gives them (relative to the project, or a cluster's shared copy)
+    write_json_atomic(manifest, {"source": cfg["data"]["source"], "root": cfg["data"]["root"],
                                  "annotations": files, "images": images})
     return manifest
 

@@ -143,10 +143,12 @@ class ValidationReport:
                      else f"NOT TRAINABLE: {self.errors} error(s){warned}")
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, show_path=str) -> dict:
+        """The findings as JSON; `show_path` writes the two paths (pep.config.project_relative
+        keeps a project's report the same wherever the project lies)."""
         return {
-            "annotations": str(self.annotations),
-            "images": str(self.images),
+            "annotations": show_path(self.annotations),
+            "images": show_path(self.images),
             "images_checked": self.images_checked,
             "trainable": self.trainable,
             "errors": self.errors,

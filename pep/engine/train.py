@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from pep import distributed
 from pep.config import run_dir as default_run_dir
@@ -32,6 +31,7 @@ from pep.engine.schedule import lr_factor
 from pep.errors import PepError
 from pep.jsonfile import check_writable
 from pep.model import build_model
+from pep.progress import ProgressLog
 from pep.tracking import params_hash
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
         raise PepError(f"the training set has {len(dataset)} images, fewer than "
                        f"train.batch_size={tc['batch_size']}")
     total = tc["epochs"] * iters_per_epoch if max_iters is None else min(max_iters, tc["epochs"] * iters_per_epoch)
+    if max_iters is not None and total < tc["epochs"] * iters_per_epoch:
+        _refuse_to_replace_a_trained_model(out_dir / FINAL, tc["epochs"] * iters_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, tc, iters_per_epoch, tc["epochs"] * iters_per_epoch))
     amp_dtype = autocast_dtype(tc["amp"], ctx.device)
@@ -129,8 +131,10 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
         _truncate_log(log_file, start)
 
     model.train()
-    bar = tqdm(total=total, initial=start, desc=f"train {variant}", unit="it", dynamic_ncols=True,
-               disable=None if ctx.is_main else True)
+    # a bar in a terminal; in a log (dvc, SLURM) a line every train.progress_every_iters or _s
+    progress = ProgressLog(total, f"train {variant} seed {seed}", tc["progress_every_iters"],
+                           tc["progress_every_s"], initial=start, unit="iter", epochs=tc["epochs"],
+                           device=ctx.device, enabled=ctx.is_main)
     window_t, window_images, it = time.perf_counter(), 0, start
     run_started = time.perf_counter()
     for it, (images, targets) in enumerate(loader, start=start):
@@ -152,8 +156,10 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        window_images += images.shape[0] * ctx.world_size
+        batch_images = images.shape[0] * ctx.world_size
+        window_images += batch_images
         done = it + 1
+        line = None
 
         if done % tc["log_every_iters"] == 0 or done == total:
             now = time.perf_counter()
@@ -164,9 +170,10 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
             if ctx.device.type == "cuda":
                 record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
             window_t, window_images = now, 0
+            line = {"losses": values, "lr": record["lr"]}  # what a progress line shows, if one is due
             if ctx.is_main:
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                                img_s=f"{record['images_per_s']:.1f}")
+                progress.postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                 img_s=f"{record['images_per_s']:.1f}")
                 with open(log_file, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
                 if tracker is not None:
@@ -174,8 +181,13 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
         if done % tc["checkpoint_every_iters"] == 0 or done == total:
             _save(out_dir, done, core, optimizer, scheduler, scaler, ctx,
                   elapsed_before + time.perf_counter() - run_started, run_hash)
-        bar.update(1)
-    bar.close()
+        if progress.due(done):  # only then are the losses read (a GPU sync); rank 0's own between log steps
+            line = line or {"losses": {k: float(v.detach()) for k, v in losses.items()},
+                            "lr": optimizer.param_groups[0]["lr"]}
+            progress.update(done, batch_images, epoch=done / iters_per_epoch, **line)
+        else:
+            progress.update(done, batch_images)
+    progress.close()
 
     train_time = elapsed_before + time.perf_counter() - run_started
     if ctx.is_main:
@@ -184,6 +196,20 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
     return {"variant": variant, "seed": seed, "iterations": total, "train_time_s": train_time,
             "images_seen": total * tc["batch_size"], "run_dir": str(out_dir),
             "resumed_from": start}
+
+
+def _refuse_to_replace_a_trained_model(final: Path, full: int) -> None:
+    """A smoke run (--max-iters) must not overwrite the result of a whole training."""
+    if not final.is_file():
+        return
+    try:
+        done = int(checkpoint.load(final)["iterations"])
+    except Exception:  # a damaged or foreign file: training would replace it anyway
+        return
+    if done >= full:
+        raise PepError(f"{final} is a fully trained model ({done} iterations); a smoke run "
+                       "(--max-iters) would replace it: run the smoke test in a project copy (pep "
+                       "train --params COPY/params.yaml writes beside that file), or delete the model first")
 
 
 def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:

@@ -1,33 +1,28 @@
-# Shared by every rule: the effective parameters of the chosen profile, and the one helper that
-# tells Snakemake which settings a job's result depends on (as dvc.yaml's `params` lists do).
-from pep.config import VARIANTS, effective_params
+# Shared by every rule: the effective parameters of the chosen profile, and each job's
+# settings file. A job depends on its own settings/<job>.json, which holds the settings that can
+# change its result (pep.stage_settings); the files are refreshed here, when Snakemake reads
+# the workflow, and rewritten only when their content changes: Snakemake reruns a job when its
+# file is newer than its outputs, as DVC reruns it when the file's hash changes.
+from pathlib import Path
 
-PROFILE = config["profile"]
-EFFECTIVE = effective_params(config, PROFILE)
+from pep.config import VARIANTS, load_params
+from pep.stage_settings import refresh
+
+EFFECTIVE = load_params(Path(workflow.basedir) / "params.yaml")
+refresh(EFFECTIVE)
+PROFILE = EFFECTIVE["profile"]
 SEEDS = EFFECTIVE["train"]["seeds"]
 DATA = f"data/{PROFILE}"
 
 
-def settings(*keys):
-    """The values of these params.yaml keys: as a job's `params`, a change to any of them reruns
-    the job (Snakemake's default rerun trigger `params`)."""
-    values = {}
-    for key in keys:
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        values[key] = value
-    return values
-
-
-def variant_settings(*keys):
-    """settings() for the per-variant rules, where `{variant}` in a key stands for the job's variant."""
-    return lambda wildcards: settings(*(key.format(variant=wildcards.variant) for key in keys))
-
-
 def cluster(job, key):
     """What a job asks of SLURM (params.yaml `cluster`; the partition is in the slurm profile)."""
-    return EFFECTIVE["cluster"][job][key]
+    return EFFECTIVE["cluster"][job].get(key, 1)  # only `nodes` may be left out (evaluate)
+
+
+def slurm_gpus(job):
+    """GPUs of the whole job: `cluster.<job>.gpus` is per node."""
+    return cluster(job, "gpus") * cluster(job, "nodes")
 
 
 def job_threads(job):

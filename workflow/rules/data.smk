@@ -2,15 +2,12 @@ rule data:
     output:
         directory(DATA),
     input:
+        "settings/data.json",
         "pep/data/prepare.py",
         "pep/data/synth.py",
         "pep/data/download.py",
-    params:
-        settings=settings("profile", "data", "profiles"),
     log:
         "logs/data.log",
-    conda:
-        "../../environment.yml"
     shell:
         "pep data prepare --quiet 2>&1 | tee {log}"
 
@@ -19,15 +16,12 @@ rule validate:
     output:
         "reports/data/validate_{split}.json",
     input:
+        "settings/validate-{split}.json",
         DATA,
         "pep/data/validate.py",
-    params:
-        settings=settings("profile", "data", "profiles"),
     wildcard_constraints:
         split="train|val",
     log:
         "logs/validate/{split}.log",
-    conda:
-        "../../environment.yml"
     shell:
         "pep data validate --quiet --split {wildcards.split} --report {output} 2>&1 | tee {log}"

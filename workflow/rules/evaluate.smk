@@ -5,14 +5,13 @@ rule evaluate:
         "metrics/{variant}/val_bootstrap.json",
         "metrics/{variant}/val.json",
     input:
-        "runs/{variant}",
+        "settings/evaluate-{variant}.json",
+        expand("runs/{{variant}}/seed{seed}", seed=SEEDS),  # every seed's run
         DATA,
         "reports/data/validate_val.json",
         "pep/evaluation.py",
         "pep/engine/evaluate.py",
         "pep/model/postprocess.py",
-    params:
-        settings=variant_settings("profile", "data", "model", "variants.{variant}", "evaluate", "profiles"),
     wildcard_constraints:
         variant="|".join(VARIANTS),
     threads: job_threads("evaluate")
@@ -24,8 +23,6 @@ rule evaluate:
         runtime=cluster("evaluate", "runtime_min"),
     log:
         "logs/evaluate/{variant}.log",
-    conda:
-        "../../environment.yml"
     shell:
         "pep evaluate --variant {wildcards.variant} --quiet 2>&1 | tee {log}"
 
@@ -35,13 +32,12 @@ rule predict:
         directory("submissions/{variant}"),
         "metrics/{variant}/test-dev.json",
     input:
-        "runs/{variant}",
+        "settings/predict-{variant}.json",
+        f"runs/{{variant}}/seed{SEEDS[0]}",  # the first seed's model makes the submission
         DATA,
         "pep/evaluation.py",
         "pep/engine/evaluate.py",
         "pep/model/postprocess.py",
-    params:
-        settings=variant_settings("profile", "data", "model", "variants.{variant}", "evaluate", "profiles"),
     wildcard_constraints:
         variant="|".join(VARIANTS),
     threads: job_threads("evaluate")
@@ -53,7 +49,5 @@ rule predict:
         runtime=cluster("evaluate", "runtime_min"),
     log:
         "logs/predict/{variant}.log",
-    conda:
-        "../../environment.yml"
     shell:
         "pep predict --variant {wildcards.variant} --split test-dev --quiet 2>&1 | tee {log}"

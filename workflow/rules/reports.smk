@@ -1,6 +1,7 @@
 rule tables:
     output:
-        directory("reports/tables"),
+        report(directory("reports/tables"), patterns=["{name}.csv"], caption="../report/tables.rst",
+               category="Tables"),
         "reports/README.md",
         "reports/index.html",
     input:
@@ -10,13 +11,10 @@ rule tables:
         "reports/figures",  # reports/README.md links the figures: build them first
         "reports/test-dev-server",
         "pep/reports",
-    params:
-        settings=settings("profile", "data.source", "train.seeds", "profiles"),
+        "settings/reports.json",
     localrule: True
     log:
         "logs/tables.log",
-    conda:
-        "../../environment.yml"
     shell:
         "pep tables 2>&1 | tee {log}"
 
@@ -24,20 +22,18 @@ rule tables:
 rule figures:
     output:
         "reports/plots/training_curves.csv",
-        directory("reports/figures"),
+        report(directory("reports/figures"), patterns=["{name}.png"], caption="../report/figures.rst",
+               category="Figures"),
     input:
         expand("metrics/{variant}/val.json", variant=VARIANTS),
         expand("metrics/{variant}/val_bootstrap.json", variant=VARIANTS),
         expand("results/{variant}", variant=VARIANTS),
-        expand("runs/{variant}", variant=VARIANTS),
+        expand("runs/{variant}/seed{seed}", variant=VARIANTS, seed=SEEDS),
         DATA,
         "pep/reports",
-    params:
-        settings=settings("profile", "data.source", "train.seeds", "profiles"),
+        "settings/reports.json",
     localrule: True
     log:
         "logs/figures.log",
-    conda:
-        "../../environment.yml"
     shell:
         "pep figures 2>&1 | tee {log}"
