@@ -25,7 +25,7 @@ def positive(value) -> bool:
 
 
 def test_json_report_has_every_number(capsys):
-    assert load_script().main(["--iters", "1", "--warmup", "0", "--batch", "2", "--json"]) == 0
+    assert load_script().main(["--widths", "demo", "--iters", "1", "--warmup", "0", "--batch", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)  # stdout holds the JSON object and nothing else
     for name in (*VARIANTS, "maskrcnn", "backbone"):
         for key in (f"{name}_train_img_s", f"{name}_infer_img_s"):
@@ -41,6 +41,21 @@ def test_json_report_has_every_number(capsys):
     assert report["batch_size"] == 2 and report["device"] == "cpu" and positive(report["threads"])
     assert len(report["input_size"]) == 2 and all(s % 32 == 0 for s in report["input_size"])
     assert report["torch"]
+
+
+def test_matched_comparison_sets_pep_against_mask_rcnn_at_the_same_widths(capsys):
+    """The coco profile's PEP and Mask R-CNN on one backbone: the same ResNet-FPN (parameter
+    for parameter), 256 channels, at a small size so that a CPU runs it in seconds."""
+    args = ["--widths", "coco", "--coco-depths", "50", "--coco-size", "128", "--coco-iters", "1",
+            "--coco-warmup", "0", "--json"]
+    assert load_script().main(args) == 0
+    matched = json.loads(capsys.readouterr().out)["matched_coco"]
+    assert matched["widths"]["fpn_channels"] == 256 and matched["widths"]["head_channels"] == 256
+    pep, maskrcnn = matched["results"]
+    assert (pep["model"], maskrcnn["model"]) == ("pep", "maskrcnn") and pep["depth"] == maskrcnn["depth"] == 50
+    assert pep["backbone_params"] == maskrcnn["backbone_params"] > 20e6  # one ResNet-50-FPN
+    for result in (pep, maskrcnn):
+        assert positive(result["train_img_s"]) and positive(result["infer_img_s"]), result
 
 
 def test_validate_speed_reports_each_step(capsys):
