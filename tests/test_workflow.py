@@ -154,6 +154,28 @@ def test_training_jobs_ask_slurm_for_what_params_say(tmp_path):
     assert resources["nodes"] == "2" and resources["gpu"] == "16"  # gpus are per node
 
 
+def test_the_local_profile_never_runs_more_gpu_jobs_than_it_has_gpus(tmp_path):
+    """Three one-GPU jobs and two two-thread CPU jobs under the default profile on a machine of
+    `--cores 5`: the GPU jobs run one at a time (the profile's gpu=1), the CPU jobs side by side."""
+    (tmp_path / "Snakefile").write_text(
+        'rule all:\n    input: expand("gpu{i}.txt", i=range(3)), expand("cpu{i}.txt", i=range(2))\n'
+        'rule gpu:\n    output: "gpu{i}.txt"\n    resources: gpu=1\n'
+        '    shell: "date +%s.%N > {output}; sleep 1; date +%s.%N >> {output}"\n'
+        'rule cpu:\n    output: "cpu{i}.txt"\n    threads: 2\n'
+        '    shell: "date +%s.%N > {output}; sleep 1; date +%s.%N >> {output}"\n')
+    sh(BIN / "snakemake", "--profile", PROJECT_ROOT / "workflow" / "profiles" / "default", "--cores", "5",
+       cwd=tmp_path)
+
+    def spans(kind: str) -> list[tuple[float, float]]:
+        return sorted(tuple(map(float, (tmp_path / f"{kind}{i}.txt").read_text().split()))
+                      for i in range(3 if kind == "gpu" else 2))
+
+    gpu = spans("gpu")
+    assert all(end <= start for (_, end), (start, _) in zip(gpu, gpu[1:])), gpu  # never two at once
+    (a_start, a_end), (b_start, b_end) = spans("cpu")
+    assert b_start < a_end  # two jobs of 2 threads and one of 1 fit 5 cores together
+
+
 # -- the pipeline, run ---------------------------------------------------------------------------
 
 def tiny_params(**overrides) -> dict:
