@@ -236,6 +236,11 @@ def dvc_project(tmp_path_factory) -> Path:
     proc = sh(BIN / "dvc", "repro", cwd=project, threads=tiny_params()["cluster"]["train"]["cpus"])
     print(f"dvc repro: {time.monotonic() - started:.0f} s")
     assert "Running stage 'figures'" in proc.stdout and "Running stage 'tables'" in proc.stdout
+    # not a terminal: training and evaluation print progress lines into the log
+    log = proc.stdout + proc.stderr
+    assert re.search(r"^train pep seed 0: iter 4/4 \(100\.0%\) epoch 1\.00/1 \| .* img/s \| loss .* \| lr .* \| "
+                     r"peak mem .* \| elapsed \d+:\d\d:\d\d ETA 0:00:00$", log, re.M), log[-3000:]
+    assert re.search(r"^evaluate pep seed 0 val: image 6/6 \(100\.0%\) .* ETA 0:00:00$", log, re.M), log[-3000:]
     return project
 
 
@@ -470,6 +475,9 @@ def test_snakemake_runs_the_pipeline_through_slurm(slurm_cluster, dvc_project, t
     assert states == {"COMPLETED"}, states
     logs = list((project / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in logs} >= set(run.job_ids)
+    train_logs = [p.read_text() for p in logs if "rule_train" in str(p)]
+    assert len(train_logs) == len(VARIANTS)
+    assert all(re.search(r"^train \w+ seed 0: iter 4/4 .* ETA 0:00:00$", text, re.M) for text in train_logs), train_logs[0][-2000:]
     for name in EXPECTED_OUTPUTS:
         assert (project / name).stat().st_size > 0, name
     assert result_numbers(project) == result_numbers(dvc_project)
