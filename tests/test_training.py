@@ -239,7 +239,7 @@ def test_a_smoke_run_never_replaces_a_trained_model(tmp_path, small_synth):
     before = final.read_bytes()
     proc = subprocess.run([str(BIN / "pep"), "train", "--params", str(params), "--variant", "baseline",
                            "--max-iters", "2", "--no-tracking"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # a PepError's status
     assert f"{final} is a fully trained model (6 iterations)" in proc.stderr
     assert final.read_bytes() == before
     # a smoke run over a smoke run's model, or as long as the schedule, goes ahead
