@@ -40,6 +40,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pep.errors import PepError
+
+log = logging.getLogger("pep")
+
 
 @dataclass(frozen=True)
 class Context:
@@ -61,7 +65,6 @@ def choose_device(setting: str, local_rank: int = 0) -> torch.device:
     """`auto` takes a GPU when there is one; `cuda` insists on one."""
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from pep.errors import PepError
             raise PepError("train.device is 'cuda' but no CUDA device is available "
                            "(set train.device: auto or cpu)")
         torch.cuda.set_device(local_rank)
@@ -96,13 +99,14 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def torchrun_command(processes: int, argv: Sequence[str], python: str | None = None) -> list[str]:
-    """The same `pep` command, run by torchrun as `processes` workers on this node."""
-    return [python or sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={processes}", "-m", "pep.cli", *argv]
+def torchrun_command(processes: int, argv: Sequence[str], python: str | None = None,
+                     nodes: int | None = None, rendezvous: Sequence[str] = ()) -> list[str]:
+    """The same `pep` command, run by torchrun as `processes` workers on this node: on this
+    node alone (`--standalone`), or as one of `nodes` meeting by `rendezvous`."""
+    where = ["--standalone"] if nodes is None else [f"--nnodes={nodes}"]
+    return [python or sys.executable, "-m", "torch.distributed.run", *where,
+            f"--nproc-per-node={processes}", *rendezvous, "-m", "pep.cli", *argv]
 
-
-log = logging.getLogger("pep")
 
 LAUNCH_MODES = ("auto", "standalone", "srun")
 RDZV_BASE_PORT = 29500  # torchrun's own default port, shifted by the job id (see rendezvous_port)
@@ -129,8 +133,6 @@ def launch_plan(processes: int, argv: Sequence[str], environ: Mapping[str, str] 
     """The launch of `pep <argv>` with `processes` workers per node, from the environment
     `environ` (os.environ by default); None when this process should simply train itself
     (one process on one node). See the module's docstring for the rules and variables."""
-    from pep.errors import PepError
-
     env = os.environ if environ is None else environ
     python = python or sys.executable
     mode = env.get("PEP_LAUNCH", "").strip().lower() or "auto"
@@ -151,9 +153,8 @@ def launch_plan(processes: int, argv: Sequence[str], environ: Mapping[str, str] 
 
     host = allocation_hosts(env)[0]
     port = rendezvous_port(env)
-    torchrun = (python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
-                f"--nproc-per-node={processes}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={host}:{port}", f"--rdzv-id={job_id}", "-m", "pep.cli", *argv)
+    torchrun = tuple(torchrun_command(processes, argv, python, nodes=nodes, rendezvous=(
+        "--rdzv-backend=c10d", f"--rdzv-endpoint={host}:{port}", f"--rdzv-id={job_id}")))
     srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"]
     if env.get("SLURM_CPUS_PER_TASK"):
         # Some Slurm releases (22.05 on) no longer hand sbatch's --cpus-per-task on to srun:
@@ -180,8 +181,6 @@ def allocation_nodes(environ: Mapping[str, str] | None = None) -> int:
 
 
 def _count(env: Mapping[str, str], name: str) -> int:
-    from pep.errors import PepError
-
     value = env[name].strip()
     if not value.isdigit() or int(value) < 1:
         raise PepError(f"{name} is {value!r}, not a number of nodes")
@@ -191,8 +190,6 @@ def _count(env: Mapping[str, str], name: str) -> int:
 def allocation_hosts(environ: Mapping[str, str] | None = None) -> list[str]:
     """The hosts of the SLURM job, first node first: SLURM_JOB_NODELIST (e.g. `gpu[01-03,07]`)
     expanded by `scontrol show hostnames`; a plain host name (one node) as it is."""
-    from pep.errors import PepError
-
     env = os.environ if environ is None else environ
     var = "SLURM_JOB_NODELIST" if env.get("SLURM_JOB_NODELIST") else "SLURM_NODELIST"
     nodelist = env.get(var, "").strip()
@@ -220,8 +217,6 @@ def allocation_hosts(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def rendezvous_port(environ: Mapping[str, str] | None = None) -> int:
     """MASTER_PORT if set, else 29500 + SLURM_JOB_ID mod 1000 (29500 outside SLURM)."""
-    from pep.errors import PepError
-
     env = os.environ if environ is None else environ
     given = env.get("MASTER_PORT", "").strip()
     if given:
@@ -234,8 +229,6 @@ def rendezvous_port(environ: Mapping[str, str] | None = None) -> int:
 
 def launch(plan: LaunchPlan) -> int:
     """Run the plan's command, logging it; its exit status."""
-    from pep.errors import PepError
-
     where = "torchrun on this node"
     if plan.mode == "srun":
         nodes = f"{plan.nodes} node" + ("s" if plan.nodes > 1 else "")

@@ -42,14 +42,8 @@ def _get(tree: dict, key: str) -> Any:
 
 
 def _pick(cfg: dict, keys: tuple[str, ...]) -> dict:
-    """{"a.b": value} for each dotted key that the effective parameters have."""
-    out = {}
-    for key in keys:
-        try:
-            out[key] = copy.deepcopy(_get(cfg, key))
-        except KeyError:
-            continue
-    return out
+    """{"a.b": value} for each dotted key (the schema makes every one of them present)."""
+    return {key: copy.deepcopy(_get(cfg, key)) for key in keys}
 
 
 def _without(tree: dict, keys: tuple[str, ...], prefix: str) -> dict:
@@ -151,9 +145,8 @@ def render(settings: dict) -> str:
     return json.dumps(settings, indent=1, sort_keys=True) + "\n"
 
 
-def refresh(cfg: dict) -> list[Path]:
-    """Write every job's settings file whose content differs; the files written."""
-    written = []
+def _changed(cfg: dict) -> Iterator[tuple[str, Path, str]]:
+    """(name, path, new text) of every settings file whose content differs or is missing."""
     for name, settings in stage_files(cfg):
         path = output_path(cfg, name)
         text = render(settings)
@@ -162,6 +155,13 @@ def refresh(cfg: dict) -> list[Path]:
                 continue
         except OSError:
             pass
+        yield name, path, text
+
+
+def refresh(cfg: dict) -> list[Path]:
+    """Write every job's settings file whose content differs; the files written."""
+    written = []
+    for _, path, text in _changed(cfg):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)
         written.append(path)
@@ -170,9 +170,4 @@ def refresh(cfg: dict) -> list[Path]:
 
 def stale(cfg: dict) -> list[str]:
     """Settings files that `refresh` would write."""
-    out = []
-    for name, settings in stage_files(cfg):
-        path = output_path(cfg, name)
-        if not path.is_file() or path.read_text(encoding="utf-8") != render(settings):
-            out.append(name)
-    return out
+    return [name for name, _, _ in _changed(cfg)]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from pep.config import PROJECT_ROOT, VARIANTS, flatten, resolve_data_path
+from pep.stage_settings import train_settings
 
 if TYPE_CHECKING:
     import pandas
@@ -80,9 +81,6 @@ def params_hash(cfg: dict, variant: str | None = None) -> str:
     variant's training settings, pep.stage_settings, without the seed); without a variant, any
     variant's. Editing one variant leaves the others' runs (and checkpoints) valid; adding a
     seed or changing an inference rule leaves every run valid."""
-    from pep.config import VARIANTS
-    from pep.stage_settings import train_settings
-
     effective = train_settings(cfg, variant, None) if variant is not None else \
         {name: train_settings(cfg, name, None) for name in VARIANTS}
     canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"), default=str)

@@ -80,18 +80,25 @@ def dvc_stages(root: Path) -> dict[str, dict]:
     return stages
 
 
-def snakemake_jobs(root: Path) -> dict[str, dict]:
-    """Every job of a dry run from scratch, keyed like DVC's stages (`rule@wildcard`, or
-    `rule@a-b` for several wildcards, as DVC names a matrix' stages)."""
-    out = sh(BIN / "snakemake", "--dry-run", "--forceall", "--printshellcmds", cwd=root).stdout
-    jobs = {}
+def dry_run_jobs(out: str):
+    """(name, fields, block) of each job of a Snakemake dry run's output but `all`; the name is
+    keyed like DVC's stages (`rule@wildcard`, or `rule@a-b` for several wildcards, as DVC names
+    a matrix' stages)."""
     for block in re.split(r"\n(?=rule \w+:)", out):
         head = re.match(r"rule (\w+):", block)
         if not head or head.group(1) == "all":
             continue
         fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, re.M))
+        wildcards = [w.split("=", 1)[1] for w in fields.get("wildcards", "").split(", ") if w]
+        yield head.group(1) + (f"@{'-'.join(wildcards)}" if wildcards else ""), fields, block
+
+
+def snakemake_jobs(root: Path) -> dict[str, dict]:
+    """Every job of a dry run from scratch."""
+    out = sh(BIN / "snakemake", "--dry-run", "--forceall", "--printshellcmds", cwd=root).stdout
+    jobs = {}
+    for name, fields, block in dry_run_jobs(out):
         wildcards = dict(w.split("=", 1) for w in fields.get("wildcards", "").split(", ") if w)
-        name = head.group(1) + (f"@{'-'.join(wildcards.values())}" if wildcards else "")
         command = re.search(r"^Shell command: (.*)$", block, re.M).group(1)
         jobs[name] = {"cmd": LOG_SUFFIX.sub("", command), "wildcards": wildcards,
                       "inputs": set(fields.get("input", "").split(", ")) - {""},
@@ -352,15 +359,7 @@ def dvc_status(root: Path) -> set[str]:
 def snakemake_plan(root: Path) -> dict[str, str]:
     """The jobs `snakemake -n` would run, each with its reason."""
     out = sh(BIN / "snakemake", "--dry-run", cwd=root).stdout
-    plan = {}
-    for block in re.split(r"\n(?=rule \w+:)", out):
-        head = re.match(r"rule (\w+):", block)
-        if not head or head.group(1) == "all":
-            continue
-        fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, re.M))
-        wildcards = [w.split("=", 1)[1] for w in fields.get("wildcards", "").split(", ") if w]
-        plan[head.group(1) + (f"@{'-'.join(wildcards)}" if wildcards else "")] = fields.get("reason", "")
-    return plan
+    return {name: fields.get("reason", "") for name, fields, _ in dry_run_jobs(out)}
 
 
 def downstream(stages: dict[str, dict], names: set[str]) -> set[str]:
