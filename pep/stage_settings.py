@@ -31,7 +31,9 @@ NEVER = ("data.num_workers", "data.download.mirror", "data.download.keep_archive
 # Model keys read at inference only: changing one re-scores trained models, never retrains them.
 INFERENCE_ONLY = ("model.inference", "model.perceive.score_threshold", "model.perceive.max_descriptors",
                   "model.excavate.key_threshold", "model.excavate.top_k", "model.excavate.max_originals",
-                  "model.purify.merge_threshold", "model.purify.merge_rule")
+                  "model.excavate.mined_score", "model.excavate.skip_original_cells",
+                  "model.purify.merge_threshold", "model.purify.merge_rule", "model.purify.join_mask_iou",
+                  "model.purify.then_matrix_nms")
 SPLITS = ("train", "val")
 
 

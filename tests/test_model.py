@@ -222,8 +222,9 @@ def _descriptors(kernels, labels, scores):
                        torch.tensor(scores), zeros - 1, torch.zeros(n, dtype=torch.bool))
 
 
-def _identity_purifier(rule="seed", dim=4):
-    p = InstancePurifying(dim, dim, {"merge_threshold": 0.5, "merge_rule": rule})
+def _identity_purifier(rule="seed", dim=4, join_mask_iou=0.0, train_negatives="match_nothing"):
+    p = InstancePurifying(dim, dim, {"merge_threshold": 0.5, "merge_rule": rule, "join_mask_iou": join_mask_iou,
+                                     "then_matrix_nms": False, "train_negatives": train_negatives})
     with torch.no_grad():
         for layer in (p.embed[0], p.embed[2]):
             layer.weight.copy_(torch.eye(dim))
@@ -235,14 +236,23 @@ def test_purify_merge_collapses_duplicates_and_keeps_distinct():
     e = torch.eye(4)
     # two near-copies of instance A, one of B (orthogonal), and a copy of A of another class
     d = _descriptors([e[0], e[0] + 0.01 * e[1], e[1], e[0]], [0, 0, 0, 1], [0.9, 0.6, 0.8, 0.7])
-    kept = _identity_purifier().merge(d)
-    assert len(kept) == 3
-    assert kept.scores.tolist() == pytest.approx([0.9, 0.8, 0.7])
-    assert torch.allclose(kept.kernels[0], e[0])  # seed rule: the best descriptor's kernel
-    assert kept.labels.tolist() == [0, 0, 1]
-    mean = _identity_purifier("weighted_mean").merge(d)
+    seeds, groups = _identity_purifier().merge(d)
+    assert seeds.tolist() == [0, 2, 3]  # best first
+    assert groups == [[0, 1], [2], [3]]
+    assert torch.allclose(_identity_purifier().merged_kernels(d, groups)[0], e[0])  # seed rule
+    mean = _identity_purifier("weighted_mean").merged_kernels(d, groups)
     expected = (0.9 * e[0] + 0.6 * (e[0] + 0.01 * e[1])) / 1.5
-    assert torch.allclose(mean.kernels[0], expected)
+    assert torch.allclose(mean[0], expected)
+
+
+def test_purify_merge_with_a_mask_overlap_join_keeps_similar_but_apart_instances():
+    e = torch.eye(4)
+    d = _descriptors([e[0], e[0] + 0.01 * e[1], e[0]], [0, 0, 0], [0.9, 0.6, 0.5])
+    masks = torch.zeros(3, 1, 10, dtype=torch.bool)
+    masks[0, 0, 0:4] = masks[1, 0, 1:4] = True  # IoU 0.75 with the seed
+    masks[2, 0, 6:10] = True                     # touching nothing: another instance
+    assert _identity_purifier().merge(d, masks)[1] == [[0, 1, 2]]
+    assert _identity_purifier(join_mask_iou=0.5).merge(d, masks)[1] == [[0, 1], [2]]
 
 
 def test_purify_loss_prefers_the_true_grouping():
@@ -253,6 +263,15 @@ def test_purify_loss_prefers_the_true_grouping():
     right = p.loss(d)
     d.gt_index = torch.tensor([0, 1, 1])
     assert p.loss(d) > 5 * right
+
+
+def test_purify_loss_can_leave_background_descriptors_out():
+    e = torch.eye(4)
+    d = _descriptors([e[0], e[0], e[0]], [0, 0, 0], [0, 0, 0])
+    d.gt_index = torch.tensor([0, 0, -1])  # a background cell whose descriptor copies instance 0's
+    taught = _identity_purifier().loss(d)
+    ignored = _identity_purifier(train_negatives="ignore").loss(d)
+    assert ignored < 0.1 * taught  # the only pair left (0, 0) is already right
 
 
 def test_dice_loss():

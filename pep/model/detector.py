@@ -81,34 +81,67 @@ class PEP(nn.Module):
     # --- inference ---
 
     @torch.no_grad()
-    def _predict(self, targets, context, logits, desc_maps, feature) -> list[dict]:
+    def predict(self, images: torch.Tensor, targets: list[dict], mine: bool = True,
+                dedup: str | None = None, trace: bool = False) -> list[dict]:
+        """Detections per image (the eval-mode forward). The mechanism report switches a module's
+        inference off on the same trained model: `mine=False` skips excavating's mining,
+        `dedup` replaces the variant's de-duplication (matrix_nms | purify_merge). `trace` adds
+        each image's descriptors before de-duplication, their masks, the merge's groups and which
+        descriptor each detection came from."""
+        fpn = self.features(images)
+        context, logits, desc_maps = self.perceive(self.features.level_features(fpn))
+        feature = self.mask.general_feature(fpn)
+        return self._predict(targets, context, logits, desc_maps, feature, mine, dedup, trace)
+
+    @torch.no_grad()
+    def _predict(self, targets, context, logits, desc_maps, feature, mine=True, dedup=None,
+                 trace=False) -> list[dict]:
         originals = self.perceive.select_inference(desc_maps, logits)
         parts = [originals]
-        if self.excavate is not None and len(originals):
+        if self.excavate is not None and mine and len(originals):
             parts.append(self.excavate.mine(context, originals))
         descriptors = Descriptors.cat(parts)
-        return [self._predict_image(b, descriptors.select(descriptors.image == b), feature, t)
+        dedup = dedup or self.variant_cfg["dedup"]
+        if dedup == "purify_merge" and self.purify is None:
+            raise ValueError(f"variant '{self.variant}' has no purifying module to merge with")
+        return [self._predict_image(descriptors.select(descriptors.image == b), feature, t, dedup, trace)
                 for b, t in enumerate(targets)]
 
-    def _predict_image(self, b: int, d: Descriptors, feature: torch.Tensor, target: dict) -> dict:
+    def _predict_image(self, d: Descriptors, feature: torch.Tensor, target: dict, dedup: str,
+                       trace: bool) -> dict:
         inf = self.cfg["inference"]
-        if self.variant_cfg["dedup"] == "purify_merge" and len(d):
-            d = self.purify.merge(d)
         h = -(-target["size"][0] // MASK_STRIDE)
         w = -(-target["size"][1] // MASK_STRIDE)
-        probs = MaskLearning.mask_logits(feature, d).sigmoid()
-        probs[:, h:, :] = 0  # nothing of an instance lies in the batch's padding
-        probs[:, :, w:] = 0
+
+        def mask_probs(descriptors: Descriptors) -> torch.Tensor:
+            probs = MaskLearning.mask_logits(feature, descriptors).sigmoid()
+            probs[:, h:, :] = 0  # nothing of an instance lies in the batch's padding
+            probs[:, :, w:] = 0
+            return probs
+
+        all_probs = mask_probs(d)
+        source = torch.arange(len(d), device=d.kernels.device)  # each candidate's row in d
+        groups = None
+        if dedup == "purify_merge" and len(d):
+            source, groups = self.purify.merge(d, all_probs > inf["mask_threshold"])
+            merged = d.select(source)
+            if self.cfg["purify"]["merge_rule"] == "seed":
+                probs = all_probs[source]
+            else:
+                merged.kernels = self.purify.merged_kernels(d, groups)
+                probs = mask_probs(merged)
+        else:
+            merged, probs = d, all_probs
         binary = probs > inf["mask_threshold"]
         area = binary.flatten(1).sum(1)
         keep = area > inf["min_mask_pixels"]
-        probs, binary, area, d = probs[keep], binary[keep], area[keep], d.select(keep)
+        probs, binary, area, merged, source = probs[keep], binary[keep], area[keep], merged.select(keep), source[keep]
         maskness = (probs * binary).flatten(1).sum(1) / area.clamp(min=1)
-        scores = d.scores * maskness
+        scores = merged.scores * maskness
         order = torch.argsort(scores, descending=True)
-        if self.variant_cfg["dedup"] == "matrix_nms":
+        if dedup == "matrix_nms" or self.cfg["purify"]["then_matrix_nms"]:
             order = order[: inf["matrix_nms"]["pre_nms_top_k"]]
-            scores = matrix_nms(binary[order], d.labels[order], scores[order],
+            scores = matrix_nms(binary[order], merged.labels[order], scores[order],
                                 inf["matrix_nms"]["kernel"], inf["matrix_nms"]["sigma"])
         else:
             scores = scores[order]
@@ -118,9 +151,14 @@ class PEP(nn.Module):
         order, scores = order[top], scores[top]
         masks = masks_to_image(probs[order], target["size"], target["orig_size"], MASK_STRIDE,
                                inf["mask_threshold"])
-        labels = d.labels[order]
-        return {"masks": masks, "labels": labels, "category_ids": self.category_ids[labels],
-                "scores": scores, "mined": d.mined[order]}
+        labels = merged.labels[order]
+        out = {"masks": masks, "labels": labels, "category_ids": self.category_ids[labels],
+               "scores": scores, "mined": merged.mined[order]}
+        if trace:
+            out["trace"] = {"descriptors": d, "groups": groups, "source": source[order],
+                            "masks": masks_to_image(all_probs, target["size"], target["orig_size"],
+                                                    MASK_STRIDE, inf["mask_threshold"])}
+        return out
 
 
 def build_model(cfg: dict, variant: str, category_ids: list[int]) -> PEP:

@@ -13,11 +13,15 @@ projection of itself and of the window's relative coordinates (a concatenation f
 per-window work is 1x1, so excavating stays cheap however many originals there are.
 
 Training uses teacher forcing: key pixels are the true centres of other instances, plus a few
-predicted false peaks as background. Inference takes predicted peaks above `key_threshold`.
+predicted false peaks as background (`detach_inputs`: these losses train excavating alone, not
+the category tower nor the parent kernels). Inference takes predicted peaks above
+`key_threshold`, scored as `mined_score` says; `skip_original_cells` drops those that land on a
+cell where perceiving already has a descriptor of the same class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -95,6 +99,9 @@ class ObjectExcavating(nn.Module):
                       gt_labels: torch.Tensor, gt_offsets: torch.Tensor):
         """Losses (centre map, key-pixel class) and the mined descriptors (teacher forcing).
         `gt_labels` are all images' instance labels concatenated, image b's from `gt_offsets[b]`."""
+        if self.cfg["detach_inputs"]:  # excavating's losses stop at the category tower and the parent kernel
+            context = [c.detach() for c in context]
+            originals = dataclasses.replace(originals, kernels=originals.kernels.detach())
         centre_logits, class_logits, valid = self(context, originals)
         target, key_gt = self._centre_targets(originals, level_targets, centre_logits.shape[-1])
         positive = target > 0
@@ -186,8 +193,15 @@ class ObjectExcavating(nn.Module):
         y, x = flat // k, flat % k
         cls_prob = class_logits[n, :, y, x].softmax(-1)[:, : self.num_classes]
         cls_score, label = cls_prob.max(-1)
-        return self._mine(src, n, y, x, labels=label, scores=value * cls_score,
-                          gt_index=torch.full_like(n, -1))
+        score = {"key": value * cls_score, "parent": src.scores[n] * cls_score,
+                 "parent_x_key": src.scores[n] * value * cls_score}[self.cfg["mined_score"]]
+        if self.cfg["skip_original_cells"]:  # a key pixel on a same-class original's cell repeats it
+            fresh = ~torch.isin(_cell_keys(src.image[n], src.level[n], src.cell_y[n] + y - r,
+                                           src.cell_x[n] + x - r, label, self.grids, self.num_classes),
+                                _cell_keys(originals.image, originals.level, originals.cell_y,
+                                           originals.cell_x, originals.labels, self.grids, self.num_classes))
+            n, y, x, label, score = n[fresh], y[fresh], x[fresh], label[fresh], score[fresh]
+        return self._mine(src, n, y, x, labels=label, scores=score, gt_index=torch.full_like(n, -1))
 
     def _mine(self, src: Descriptors, n, y, x, labels, scores, gt_index) -> Descriptors:
         """New descriptors at window cells (y, x) of originals n."""
@@ -202,6 +216,12 @@ class ObjectExcavating(nn.Module):
         return Descriptors(kernels=kernels, image=src.image[n], level=src.level[n],
                            cell_y=cell_y, cell_x=cell_x, labels=labels, scores=scores, gt_index=gt_index,
                            mined=torch.ones(len(n), dtype=torch.bool, device=n.device))
+
+
+def _cell_keys(image, level, y, x, label, grids: list[int], num_classes: int) -> torch.Tensor:
+    """One integer per (image, level, cell, class)."""
+    s = max(grids)
+    return (((image * len(grids) + level) * s + y) * s + x) * num_classes + label
 
 
 def _top_per_image(scores: torch.Tensor, image: torch.Tensor, k: int) -> torch.Tensor:

@@ -4,9 +4,11 @@ All descriptors of an image, original and mined, form a graph. Each is embedded,
 z_i = normalize(MLP(I_i)), and the similarity of two is M_ij = sigmoid(a <z_i, z_j> + b) with
 a and b learned. Training pushes M towards G_ij = 1 iff i and j belong to the same ground-truth
 instance (background descriptors match nothing), with a BCE balanced between the two kinds of
-pairs. At inference, descriptors are grouped greedily by score: each seed takes the
+pairs (`train_negatives: ignore` leaves the background descriptors out: at inference such cells
+next to an instance predict that instance's mask). At inference, descriptors are grouped greedily by score: each seed takes the
 unassigned descriptors of its class whose similarity exceeds `merge_threshold`; a group yields
-one descriptor. This replaces Matrix NMS for the `purify` and `pep` variants.
+one descriptor. This replaces Matrix NMS for the `purify` and `pep` variants (or precedes it,
+`then_matrix_nms`: the paper never says NMS goes).
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ class InstancePurifying(nn.Module):
             rows = descriptors.image == b
             if int(rows.sum()) < 2:
                 continue
-            z = z_all[rows]
+            z, gt = z_all[rows], descriptors.gt_index[rows]
+            if self.cfg["train_negatives"] == "ignore":  # pairs of instance descriptors only
+                z, gt = z[gt >= 0], gt[gt >= 0]
+                if len(gt) < 2:
+                    continue
             logits = (self.scale * (z @ z.T) + self.bias).float()
-            gt = descriptors.gt_index[rows]
             same = (gt[:, None] == gt[None, :]) & (gt[:, None] >= 0)
             off_diag = ~torch.eye(len(gt), dtype=torch.bool, device=logits.device)
             bce = F.binary_cross_entropy_with_logits(logits, same.float(), reduction="none")
@@ -60,33 +65,48 @@ class InstancePurifying(nn.Module):
         return torch.stack(losses).sum() / divisor
 
     @torch.no_grad()
-    def merge(self, d: Descriptors) -> Descriptors:
-        """Greedy grouping of one image's descriptors; returns one descriptor per group."""
-        if len(d) <= 1:
-            return d
+    def merge(self, d: Descriptors, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, list[list[int]]]:
+        """Greedy grouping of one image's descriptors, best score first: each seed takes the
+        unassigned descriptors of its class whose similarity exceeds `merge_threshold` (and,
+        when `join_mask_iou` > 0, whose binary mask overlaps the seed's by at least that IoU).
+        Returns the seeds' row indices into `d` and each group's rows (seed first)."""
         order = torch.argsort(d.scores, descending=True)
-        d = d.select(order)
-        similar = self.similarity_logits(d.kernels).sigmoid() > self.cfg["merge_threshold"]
-        similar &= d.labels[:, None] == d.labels[None, :]
+        if len(d) <= 1:
+            return order, [[int(i)] for i in order]
+        s = d.select(order)
+        similar = self.similarity_logits(s.kernels).sigmoid() > self.cfg["merge_threshold"]
+        similar &= s.labels[:, None] == s.labels[None, :]
+        if self.cfg["join_mask_iou"] > 0:
+            similar &= mask_iou(masks[order]) >= self.cfg["join_mask_iou"]
         similar = similar.cpu().numpy()
-        unassigned = [True] * len(d)
+        order_list = order.tolist()
+        unassigned = [True] * len(s)
         seeds, groups = [], []
-        for i in range(len(d)):
+        for i in range(len(s)):
             if not unassigned[i]:
                 continue
-            members = [j for j in similar[i].nonzero()[0].tolist() if unassigned[j]]
-            if i not in members:
-                members.append(i)
+            members = [i] + [j for j in similar[i].nonzero()[0].tolist() if unassigned[j] and j != i]
             for j in members:
                 unassigned[j] = False
-            seeds.append(i)
-            groups.append(members)
-        kept = d.select(torch.tensor(seeds, device=d.kernels.device))
-        if self.cfg["merge_rule"] == "weighted_mean":
-            kernels = []
-            for members in groups:
-                idx = torch.tensor(members, device=d.kernels.device)
-                w = d.scores[idx] / d.scores[idx].sum().clamp(min=1e-12)
-                kernels.append((w[:, None] * d.kernels[idx]).sum(0))
-            kept.kernels = torch.stack(kernels)
-        return kept
+            seeds.append(order_list[i])
+            groups.append([order_list[j] for j in members])
+        return torch.tensor(seeds, device=d.kernels.device, dtype=torch.int64), groups
+
+    def merged_kernels(self, d: Descriptors, groups: list[list[int]]) -> torch.Tensor:
+        """One kernel per group: the seed's (`merge_rule: seed`) or the score-weighted mean."""
+        if self.cfg["merge_rule"] == "seed":
+            return d.kernels[[g[0] for g in groups]]
+        kernels = []
+        for members in groups:
+            idx = torch.tensor(members, device=d.kernels.device)
+            w = d.scores[idx] / d.scores[idx].sum().clamp(min=1e-12)
+            kernels.append((w[:, None] * d.kernels[idx]).sum(0))
+        return torch.stack(kernels)
+
+
+def mask_iou(masks: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) binary masks -> (N, N) IoU."""
+    flat = masks.reshape(len(masks), -1).float()
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    return inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
