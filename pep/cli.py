@@ -213,6 +213,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mechanisms(args: argparse.Namespace) -> int:
+    from pep.engine.mechanisms import mechanisms_variant
+
+    cfg = load_params(args.params)
+    per_seed = mechanisms_variant(cfg, args.variant, _seeds(cfg, args.seed), device=_device(cfg),
+                                  progress=not args.quiet)
+    for seed, record in per_seed.items():
+        rates = record["rates"]
+        print(f"{args.variant} seed {seed}: originals find {100 * rates['originals_recall']:.1f}% of the "
+              f"instances, detections {100 * rates['final_recall']:.1f}%; AP "
+              + ", ".join(f"{k} {v['AP']:.1f}" for k, v in record["ap"].items()))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pep.engine.sweep import format_summary, parse_options, sweep
+
+    cfg = load_params(args.params)
+    options = parse_options(args.set, args.variant)
+    table = sweep(cfg, args.variant, _seeds(cfg, args.seed), options, args.out, device=_device(cfg),
+                  progress=not args.quiet)
+    print(format_summary(table, list(options)))
+    print(f"every (combination, seed): {args.out}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     cfg = load_params(args.params)
     if args.images is not None or args.out is not None or args.model is not None:
@@ -391,6 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("mechanisms", help="what perceiving, excavating and purifying find, merge and lose "
+                                          "on val (metrics/<variant>/mechanisms.json)")
+    _add_params_arg(p)
+    p.add_argument("--variant", required=True, choices=variants)
+    p.add_argument("--seed", type=int, help="one seed (default: every seed of train.seeds)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_mechanisms)
+
+    p = sub.add_parser("sweep", help="re-score trained models on val under other inference settings, "
+                                     "every combination, every seed")
+    _add_params_arg(p)
+    p.add_argument("--variant", required=True, choices=variants)
+    p.add_argument("--set", action="append", required=True, metavar="KEY=V1,V2",
+                   help="an inference setting and the values to try (repeatable: every combination)")
+    p.add_argument("--seed", type=int, help="one seed (default: every seed of train.seeds)")
+    p.add_argument("--out", type=Path, default=Path("sweep.csv"), help="CSV of every (combination, seed)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("predict", help="write the COCO test-dev submission zip of a trained variant, or "
                                        "segment a folder of your own images (--images DIR --out OUT)")

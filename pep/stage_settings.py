@@ -112,6 +112,13 @@ def evaluate_settings(cfg: dict, variant: str) -> dict:
             **_pick(cfg, ("evaluate.splits", "evaluate.iou_types", "evaluate.bootstrap", "train.seeds"))}
 
 
+def mechanisms_settings(cfg: dict, variant: str) -> dict:
+    """The mechanism report of every seed's model on val; its data counts read the train split
+    and perceiving's cell assignment too."""
+    return {**_data_files(cfg, "val", "train"), **_inference(cfg, variant),
+            **_pick(cfg, ("model.levels", "model.perceive.center_radius", "train.seeds"))}
+
+
 def predict_settings(cfg: dict, variant: str) -> dict:
     """The test-dev submission of the first seed's model."""
     return {**_data_files(cfg, "test_dev"), **_inference(cfg, variant),
@@ -139,6 +146,7 @@ def stage_files(cfg: dict) -> Iterator[tuple[str, dict]]:
         for seed in cfg["train"]["seeds"]:
             yield train_file(variant, seed), train_settings(cfg, variant, seed)
         yield f"{FOLDER}/evaluate-{variant}.json", evaluate_settings(cfg, variant)
+        yield f"{FOLDER}/mechanisms-{variant}.json", mechanisms_settings(cfg, variant)
         yield f"{FOLDER}/predict-{variant}.json", predict_settings(cfg, variant)
     yield f"{FOLDER}/reports.json", report_settings(cfg)
 

@@ -43,6 +43,8 @@ def changed_by(key: str, value, profile: str = "default") -> set[str]:
 TRAIN = {f"train-{v}-seed0" for v in VARIANTS}
 EVALUATE = {f"evaluate-{v}" for v in VARIANTS}
 PREDICT = {f"predict-{v}" for v in VARIANTS}
+MECHANISMS = {f"mechanisms-{v}" for v in VARIANTS}
+SCORING = EVALUATE | MECHANISMS | PREDICT  # every job that runs the trained models
 
 
 @pytest.mark.parametrize("key, value", [
@@ -67,26 +69,31 @@ def test_each_setting_reaches_the_jobs_it_can_change():
     assert changed_by("train.lr", 0.5) == TRAIN | {"reports"}
     assert changed_by("model.head.convs", 2) == TRAIN | {"reports"}
     assert changed_by("data.input.flip_prob", 0.0) == TRAIN | {"reports"}
-    assert changed_by("data.input.test_min_size", 128) == EVALUATE | PREDICT | {"reports"}
-    assert changed_by("model.inference.score_threshold", 0.2) == EVALUATE | PREDICT | {"reports"}
-    assert changed_by("model.purify.merge_threshold", 0.6) == EVALUATE | PREDICT | {"reports"}
+    assert changed_by("data.input.test_min_size", 128) == SCORING | {"reports"}
+    assert changed_by("model.inference.score_threshold", 0.2) == SCORING | {"reports"}
+    assert changed_by("model.purify.merge_threshold", 0.6) == SCORING | {"reports"}
+    # the mechanism report also counts, per split, instances that own no grid cell
+    assert changed_by("model.levels", {**RAW["model"]["levels"], "grids": [20, 16, 8]}) == \
+        TRAIN | MECHANISMS | {"reports"}
     assert changed_by("evaluate.bootstrap", {"resamples": 5, "seed": 0}) == EVALUATE | {"reports"}
     assert changed_by("evaluate.algorithm_name", "mine") == PREDICT | {"reports"}
     assert changed_by("data.synth", {**RAW["data"]["synth"], "num_val": 7}) == {"data", "reports"}
-    assert changed_by("data.val_annotations", "a.json") == {"data", "validate-val"} | EVALUATE | {"reports"}
+    assert changed_by("data.val_annotations", "a.json") == {"data", "validate-val"} | EVALUATE | MECHANISMS \
+        | {"reports"}
 
 
 def test_a_variants_settings_reach_its_own_jobs_alone():
     assert changed_by("variants.purify", {"excavate": True, "purify": True, "dedup": "purify_merge"}) == \
-        {"train-purify-seed0", "evaluate-purify", "predict-purify", "reports"}
+        {"train-purify-seed0", "evaluate-purify", "mechanisms-purify", "predict-purify", "reports"}
     assert changed_by("variants.purify", {"excavate": False, "purify": True, "dedup": "matrix_nms"}) == \
-        {"evaluate-purify", "predict-purify", "reports"}  # de-duplication is inference
+        {"evaluate-purify", "mechanisms-purify", "predict-purify", "reports"}  # de-duplication is inference
 
 
 def test_a_new_seed_leaves_the_trained_seeds_alone():
-    assert changed_by("train.seeds", [0, 1]) == {f"train-{v}-seed1" for v in VARIANTS} | EVALUATE | {"reports"}
+    assert changed_by("train.seeds", [0, 1]) == {f"train-{v}-seed1" for v in VARIANTS} | EVALUATE | MECHANISMS \
+        | {"reports"}
     assert changed_by("train.seeds", [3]) == {f"train-{v}-seed{s}" for v in VARIANTS for s in (0, 3)} \
-        | EVALUATE | PREDICT | {"reports"}  # the first seed makes the submission
+        | SCORING | {"reports"}  # the first seed makes the submission
 
 
 def test_every_setting_of_params_yaml_is_placed():

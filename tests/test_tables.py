@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 import pytest
 import yaml
 from pycocotools.coco import COCO
@@ -194,9 +195,19 @@ def test_several_seeds_show_mean_std_and_the_seed_count(project):
     rows = _md_rows(files["ablation.md"])
     assert rows["baseline"][0] == "30.0 ± 0.4" and rows["pep"][0] == "**34.0 ± 0.5**"
     assert rows["pep"][6].startswith("+4.0 [") and "over 3 seeds" in files["ablation.md"]
-    assert "not seed-to-seed variation" in files["ablation.md"]
-    assert r"34.0 $\pm$ 0.5" in files["ablation.tex"] and r"$\Delta$AP" in files["ablation.tex"]
+    # the interval counts the seeds' spread: gain ± t(df) * sqrt(var over image draws + s²/n + s²/n),
+    # df by Welch-Satterthwaite, here computed by hand
+    gain_draws = np.array(_draws(34.0, noise, 1)) - np.array(_draws(30.0, noise, 0))
+    a, b = 0.5 ** 2 / 3, 0.4 ** 2 / 3
+    df = (a + b) ** 2 / (a ** 2 / 2 + b ** 2 / 2)
+    half = scipy.stats.t.ppf(0.975, df) * np.sqrt(gain_draws.var(ddof=1) + a + b)
     csv = pd.read_csv(Path(project["params_file"]).parent / "reports/tables/ablation.csv")
+    pep_row = csv[csv.variant == "pep"].iloc[0]
+    assert pep_row.delta_AP_ci_low == pytest.approx(4.0 - half, abs=1e-4)
+    assert pep_row.delta_AP_ci_high == pytest.approx(4.0 + half, abs=1e-4)
+    assert half > 2.5 * np.std(gain_draws)  # wider than the images' noise alone
+    assert "the seeds'" in files["ablation.md"] and "Welch-Satterthwaite" in files["ablation.md"]
+    assert r"34.0 $\pm$ 0.5" in files["ablation.tex"] and r"$\Delta$AP" in files["ablation.tex"]
     assert csv["AP_std"].tolist() == [0.4, 0.5] and csv["seeds"].tolist() == [3, 3]
 
 
@@ -347,7 +358,7 @@ def test_readme_links_tables_and_figures(project):
             assert (root / "reports/tables" / f"{name}.{fmt}").exists()
     assert "[ap_per_variant.png](figures/ap_per_variant.png)" in readme
     assert "training_curves.png: " in readme and "qualitative.png: " in readme
-    assert readme.count("not built yet") == 2
+    assert readme.count("not built yet") == 3 and "- mechanisms: not built yet" in readme
     assert params_hash(project) in readme and "| profile | `default` |" in readme
     assert "synthetic crowded-shapes" in readme and "| git commit | `unknown` |" in readme  # tmp: no git
     assert "| baseline | 30.0 |" in readme  # the ablation table, embedded
@@ -392,3 +403,33 @@ def test_latex_tables_compile(project, pdflatex):
     assert done.returncode == 0, log[-3000:]
     assert (folder / "doc.pdf").stat().st_size > 1000
     assert "LaTeX Error" not in log and "Missing character" not in log
+
+
+def test_mechanisms_table_from_the_reports_of_two_seeds(project):
+    from tests.test_mechanisms import DESCRIPTORS, DETECTIONS, GROUPS, GT
+
+    from pep.engine.mechanisms import count_image, mean_over_seeds, summarise
+
+    root = Path(project["params_file"]).parent
+    write_metrics(project, "baseline", 30.0)
+    counts = count_image(**GT, **DESCRIPTORS, groups=GROUPS, **DETECTIONS)
+    per_seed = {str(s): {"ap": {"as_trained": {"AP": 30.0 + s}, "matrix_nms": {"AP": 31.0 + s},
+                                "no_mining": {"AP": 29.0}, "neither": {"AP": 30.5}},
+                         **summarise(counts, merged=True)} for s in (0, 1)}
+    report = {"variant": "pep", "split": "val", "seeds": [0, 1], "match_iou": 0.5,
+              "mean": mean_over_seeds(per_seed), "per_seed": per_seed,
+              "data": {"train": {"instances": 200, "without_own_cell": 3, "share": 0.015},
+                       "val": {"instances": 50, "without_own_cell": 1, "share": 0.02}}}
+    (root / "metrics/pep").mkdir(parents=True)
+    (root / "metrics/pep/mechanisms.json").write_text(json.dumps(report), encoding="utf-8")
+    assert main(["tables", "--params", project["params_file"]]) == 0
+    md = (root / "reports/tables/mechanisms.md").read_text(encoding="utf-8")
+    row = _md_rows(md)["pep"]
+    # originals find 2 of 3 instances, detections 2; merge recall 100%, false merges 100%
+    assert row[:2] == ["66.7 ± 0.0", "66.7 ± 0.0"] and row[7:9] == ["100.0 ± 0.0", "100.0 ± 0.0"]
+    assert row[-4:] == ["30.5 ± 0.7", "29.0 ± 0.0", "31.5 ± 0.7", "30.5 ± 0.0"]
+    assert "train 1.5% (3 of 200), val 2.0% (1 of 50)" in md
+    csv = pd.read_csv(root / "reports/tables/mechanisms.csv")
+    assert csv.loc[0, "recovered_share"] == 100.0 and csv.loc[0, "AP_matrix_nms"] == 31.5
+    readme = (root / "reports/README.md").read_text(encoding="utf-8")
+    assert "## Mechanisms" in readme and "[csv](tables/mechanisms.csv)" in readme

@@ -88,7 +88,12 @@ def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs) -> 
     for name, what in (("ablation", "the paper's Table 2: the four variants on val, with costs and "
                                     "the paper's numbers beside ours"),
                        ("comparison", "the paper's Table 1: published methods on COCO test-dev, "
-                                      "and ours")):
+                                      "and ours"),
+                       ("mechanisms", "what each module finds, merges and loses on val, and the AP of "
+                                      "the same models with a module's inference off")):
+        if name not in tables:
+            lines.append(f"- {name}: not built yet (`pep mechanisms --variant <name>`)")
+            continue
         links = ", ".join(f"[{fmt}]({tables_rel}/{name}.{fmt})" for fmt in TABLE_FORMATS)
         lines.append(f"- **{name}** ({links}): {what}")
     lines += ["", f"Our COCO test-dev rows come from `{'/'.join(SERVER_FOLDER)}/<variant>.json`, the "
@@ -103,6 +108,8 @@ def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs) -> 
             lines += [f"- {file}: {what} -- not built yet (`pep figures`)", ""]
     lines += ["## Ablation", "", to_markdown(tables["ablation"]).rstrip("\n"), "",
               "## Comparison", "", to_markdown(tables["comparison"]).rstrip("\n"), ""]
+    if "mechanisms" in tables:
+        lines += ["## Mechanisms", "", to_markdown(tables["mechanisms"]).rstrip("\n"), ""]
     markdown = "\n".join(lines)
     path = index_file(cfg)
     outputs.write_text(path, markdown)

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from pep.config import VARIANTS, output_path
 from pep.errors import PepError
@@ -46,6 +47,7 @@ TABLES_FOLDER = ("reports", "tables")
 MISSING = "–"
 COST_DIGITS = {"params (M)": 2, "GFLOPs/img": 2}  # the other columns show one decimal
 CI_LEVEL = 95
+TABLE_NAMES = ("ablation", "comparison", "mechanisms")
 
 
 @dataclass
@@ -304,17 +306,30 @@ def _gain_intervals(cfg: dict, metrics: dict[str, dict]) -> tuple[dict[str, tupl
             continue
         ours, theirs = np.asarray(boot["AP"], float), np.asarray(base["AP"], float)
         keep = (ours >= 0) & (theirs >= 0)
-        if keep.any():
+        if not keep.any():
+            continue
+        spread = _seed_spread(metrics[variant], metrics["baseline"])
+        if spread is None:
             intervals[variant] = _percentile_interval(ours[keep] - theirs[keep])
+        else:  # images' and seeds' variances add: they are independent sources of noise
+            seed_var, df = spread
+            gain = _valid(metrics[variant]["AP"]) - _valid(metrics["baseline"]["AP"])
+            half = float(scipy.stats.t.ppf(0.5 + CI_LEVEL / 200, df)) * math.sqrt(
+                float(np.var(ours[keep] - theirs[keep], ddof=1)) + seed_var)
+            intervals[variant] = (gain - half, gain + half)
     n_seeds = max(_seeds(m) for m in metrics.values())
-    text = (f"[a, b]: {CI_LEVEL}% interval of the gain from a paired bootstrap over the val images "
-            f"({base['B']} resamples with replacement, seed {base['seed']}; the same draws for every "
-            "variant; percentile method)")
     if n_seeds > 1:
-        text += (f", of the mean AP over {n_seeds} seeds on each draw: it covers image sampling, "
-                 "not seed-to-seed variation (see ± std)")
+        text = (f"[a, b]: {CI_LEVEL}% interval of the gain in mean AP over seeds, counting both sources "
+                f"of noise: the val images' (the variance of the gain over {base['B']} paired bootstrap "
+                f"resamples of the images, seed {base['seed']}, the same draws for every variant) plus "
+                "the seeds' (std²/seeds of each variant's per-seed AP, baseline's and its own), with "
+                "Student's t at the Welch-Satterthwaite degrees of freedom of the seed terms: "
+                "gain ± t·sqrt(var_images + s²/n + s_base²/n_base)")
     else:
-        text += ", one seed: it covers image sampling only"
+        text = (f"[a, b]: {CI_LEVEL}% interval of the gain from a paired bootstrap over the val images "
+                f"({base['B']} resamples with replacement, seed {base['seed']}; the same draws for every "
+                "variant; percentile method); one seed: it covers image sampling only, not "
+                "seed-to-seed variation")
     others = [v for v in lacking if v != "baseline"]
     if others:
         text += f"; no interval for {', '.join(others)} (no val_bootstrap.json)"
@@ -322,6 +337,107 @@ def _gain_intervals(cfg: dict, metrics: dict[str, dict]) -> tuple[dict[str, tupl
         text += (f"; no interval for {', '.join(unpaired)}: its bootstrap drew from other images "
                  "or with other settings than baseline's")
     return intervals, text + "."
+
+
+# ----------------------------------------------------------------------------- mechanisms
+
+# (column, rate key in mechanisms.json, percent?) in the report's order: perceiving, excavating,
+# purifying, then the AP of the same models with a module's inference off
+MECHANISM_COLUMNS = (
+    ("originals find (%)", "originals_recall", True),
+    ("detections find (%)", "final_recall", True),
+    ("mined / img", "mined_per_image", False),
+    ("mined det.: new TP (%)", "mined_new_tp_share", True),
+    ("dup. (%)", "mined_duplicate_share", True),
+    ("bg. (%)", "mined_background_share", True),
+    ("misses recovered (%)", "recovered_share", True),
+    ("merge recall (%)", "merge_recall", True),
+    ("false merges (%)", "false_merge_rate", True),
+    ("fused (% found)", "fused_share_of_found", True),
+    ("lost by de-dup (%)", "lost_by_dedup_share", True),
+    ("dup. left / img", "duplicates_left_per_image", False),
+)
+MECHANISM_AP = (("AP", "as_trained"), ("AP no mining", "no_mining"), ("AP Matrix NMS", "matrix_nms"),
+                ("AP neither", "neither"))
+
+
+def read_mechanisms(cfg: dict) -> dict[str, dict]:
+    """{variant: mechanisms.json} for the variants that have one, in the paper's order."""
+    found = {}
+    for variant in VARIANTS:
+        path = output_path(cfg, "metrics", variant, "mechanisms.json")
+        if not path.exists():
+            continue
+        data = read_json(path, "mechanism report")
+        for key in ("mean", "per_seed", "data", "seeds"):
+            if not isinstance(data, dict) or key not in data:
+                raise PepError(f"{path}: missing key '{key}' (written by `pep mechanisms`)")
+        found[variant] = data
+    return found
+
+
+def mechanisms_table(cfg: dict, reports: dict[str, dict]) -> Table:
+    """What each module finds, merges and loses on val (pep/engine/mechanisms.py), mean ± std
+    over seeds; a module's columns are empty for the variants without it."""
+    columns = ["variant"] + [c for c, _, _ in MECHANISM_COLUMNS] + [c for c, _ in MECHANISM_AP]
+    rows, numbers = [], []
+    for variant, report in reports.items():
+        rates, ap = report["mean"]["rates"], report["mean"]["ap"]
+        cell, number = {"variant": variant}, {"variant": variant, "seeds": len(report["seeds"])}
+        for name, key, percent in MECHANISM_COLUMNS:
+            value = rates.get(key)
+            scale = 100 if percent else 1
+            mean = None if value is None else value["mean"] * scale
+            std = None if value is None or "std" not in value else value["std"] * scale
+            cell[name] = _fmt(mean) + (f" ± {std:.1f}" if std is not None else "")
+            number[key], number[f"{key}_std"] = mean, std
+        for name, switch in MECHANISM_AP:
+            value = ap.get(switch)
+            cell[name] = MISSING if value is None else (
+                _fmt(value["mean"]) + (f" ± {value['std']:.1f}" if "std" in value else ""))
+            number[f"AP_{switch}"] = None if value is None else value["mean"]
+            number[f"AP_{switch}_std"] = None if value is None else value.get("std")
+        rows.append(cell)
+        numbers.append(number)
+    first = next(iter(reports.values()))
+    hidden = ", ".join(f"{split} {100 * d['share']:.1f}% ({d['without_own_cell']} of {d['instances']})"
+                       for split, d in first["data"].items() if d["share"] is not None)
+    n_seeds = max(len(r["seeds"]) for r in reports.values())
+    caption = (f"Mechanisms on the val split of {dataset_name(cfg)}: what each module finds, merges and "
+               f"loses on the models' own outputs, {'one seed' if n_seeds == 1 else f'mean ± std over {n_seeds} seeds'}"
+               f"; a match is mask IoU >= {first.get('match_iou', 0.5)} with the same class.")
+    notes = [
+        "originals / detections find: instances matched by some original descriptor (perceiving), by "
+        "some final detection.",
+        "mined det.: the mined descriptors' final detections that are new true positives (an instance no "
+        "original matches), duplicates, background; misses recovered: the instances no original matches "
+        "that a mined descriptor matches.",
+        "merge recall / false merges: of same-class descriptor pairs on one instance, on two instances, "
+        "the share the merge joins; fused: instances joined into another's group, per instance found by "
+        "a descriptor; lost by de-dup: instances some descriptor matches and no detection does.",
+        "AP no mining / Matrix NMS / neither: the same models with excavating's mining off, with Matrix "
+        "NMS in place of purifying's merge, with both.",
+        f"Instances without a grid cell of their own (each cell of their centre region won by a smaller "
+        f"instance): {hidden}.",
+    ]
+    cells = pd.DataFrame(rows, columns=columns)
+    return Table("mechanisms", cells, pd.DataFrame(False, index=cells.index, columns=columns),
+                 pd.DataFrame(numbers), caption, notes)
+
+
+def _seed_spread(ours: dict, base: dict) -> tuple[float, float] | None:
+    """Variance of the difference of two means over seeds (s²/n + s_base²/n_base) and its
+    Welch-Satterthwaite degrees of freedom; None unless both have several seeds and a std."""
+    terms = []
+    for m in (ours, base):
+        std = _valid((m.get("std") or {}).get("AP"))
+        if _seeds(m) < 2 or std is None:
+            return None
+        terms.append((std ** 2 / _seeds(m), _seeds(m) - 1))
+    var = sum(v for v, _ in terms)
+    if var == 0:
+        return 0.0, float(min(n for _, n in terms))
+    return var, var ** 2 / sum(v ** 2 / n for v, n in terms)
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -485,7 +601,7 @@ def to_latex(table: Table) -> str:
 def table_files(cfg: dict) -> list[Path]:
     """reports/tables/<name>.{md,tex,csv} of both tables."""
     folder = output_path(cfg, *TABLES_FOLDER)
-    return [folder / f"{name}.{fmt}" for name in ("ablation", "comparison") for fmt in ("md", "tex", "csv")]
+    return [folder / f"{name}.{fmt}" for name in TABLE_NAMES for fmt in ("md", "tex", "csv")]
 
 
 def write_tables(cfg: dict, published_path: str | Path = PUBLISHED_FILE,
@@ -497,6 +613,9 @@ def write_tables(cfg: dict, published_path: str | Path = PUBLISHED_FILE,
         metrics = read_metrics(cfg)
         tables = {t.name: t for t in (ablation_table(cfg, metrics, published),
                                       comparison_table(cfg, metrics, published))}
+        reports = read_mechanisms(cfg)
+        if reports:
+            tables["mechanisms"] = mechanisms_table(cfg, reports)
         folder = output_path(cfg, *TABLES_FOLDER)
         for table in tables.values():
             staged.write_text(folder / f"{table.name}.md", to_markdown(table))

@@ -27,6 +27,32 @@ rule evaluate:
         "pep evaluate --variant {wildcards.variant} --quiet 2>&1 | tee {log}"
 
 
+rule mechanisms:
+    output:
+        "metrics/{variant}/mechanisms.json",
+    input:
+        "settings/mechanisms-{variant}.json",
+        expand("runs/{{variant}}/seed{seed}", seed=SEEDS),  # every seed's run
+        DATA,
+        "reports/data/validate_val.json",
+        "pep/evaluation.py",
+        "pep/engine/mechanisms.py",
+        "pep/model/postprocess.py",
+    wildcard_constraints:
+        variant="|".join(VARIANTS),
+    threads: job_threads("evaluate")
+    resources:
+        gpu=cluster("evaluate", "gpus"),
+        cpus_per_gpu=cluster("evaluate", "cpus_per_gpu"),
+        cpus_per_task=cpus_per_task("evaluate"),
+        mem_mb=cluster("evaluate", "mem_mb"),
+        runtime=cluster("evaluate", "runtime_min"),
+    log:
+        "logs/mechanisms/{variant}.log",
+    shell:
+        "pep mechanisms --variant {wildcards.variant} --quiet 2>&1 | tee {log}"
+
+
 rule predict:
     output:
         directory("submissions/{variant}"),

@@ -8,6 +8,7 @@ rule tables:
         expand("metrics/{variant}/val.json", variant=VARIANTS),
         expand("metrics/{variant}/val_bootstrap.json", variant=VARIANTS),
         expand("metrics/{variant}/test-dev.json", variant=VARIANTS),
+        expand("metrics/{variant}/mechanisms.json", variant=VARIANTS),
         "reports/figures",  # reports/README.md links the figures: build them first
         "reports/test-dev-server",
         "pep/reports",

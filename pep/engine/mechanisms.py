@@ -1,0 +1,299 @@
+"""`pep mechanisms`: what each of PEP's modules finds, merges or loses, on the model's own outputs.
+
+For every seed's model of a variant, on val, from the descriptors before de-duplication and the
+detections after it (`PEP.predict(trace=True)`), every mask matched to the ground truth at mask
+IoU >= 0.5 with the same class (pycocotools' mask IoU; iscrowd regions are ignored, as COCO
+does). Written to metrics/<variant>/mechanisms.json:
+
+  perceiving   instances matched by some original descriptor; by the final detections
+  excavating   mined descriptors per image; the mined detections that are new true positives
+               (an instance no original matches), true positives of an instance an original also
+               matches, duplicates (their instance already taken by a better detection),
+               background; the share of the instances originals miss that a mined descriptor
+               matches (before de-duplication) and that a mined detection wins (after it)
+  purifying    over pairs of same-class descriptors that each match an instance: merge recall
+               (pairs on one instance that the merge joins) and the false-merge rate (pairs on
+               two instances that it joins); instances fused (per group, the distinct instances
+               among its members beyond the first); instances lost by de-duplication (matched
+               by a descriptor, by no detection); duplicates left among the detections
+  switches     mask AP of the same model with each module's inference off: no mining, Matrix
+               NMS instead of the merge (and both), beside the AP as trained
+  data         per split, the instances that own no grid cell (every cell of their centre
+               region won by a smaller instance), so perceiving has no descriptor of their own
+
+`count_image` is the per-image count, a pure function of masks and classes, so that a test can
+check it against a case with known answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections import Counter
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader
+
+from pep import evaluation
+from pep.config import output_path
+from pep.data.coco import Collate, InputSize, build_dataset
+from pep.engine.train import load_trained
+from pep.jsonfile import StagedOutputs
+from pep.progress import ProgressLog
+
+log = logging.getLogger(__name__)
+
+MATCH_IOU = 0.5
+# (name, mine, dedup) per inference switch; None = the variant's own
+SWITCHES = {"as_trained": (True, None), "no_mining": (False, None), "matrix_nms": (True, "matrix_nms"),
+            "neither": (False, "matrix_nms")}
+
+
+def _iou(masks: np.ndarray, gt_masks: np.ndarray, gt_crowd: np.ndarray) -> np.ndarray:
+    """(N, G) mask IoU by pycocotools; against an iscrowd region, the share of the mask inside it."""
+    if not len(masks) or not len(gt_masks):
+        return np.zeros((len(masks), len(gt_masks)))
+    encode = lambda m: mask_utils.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))  # noqa: E731
+    return np.asarray(mask_utils.iou(encode(masks), encode(gt_masks), [int(c) for c in gt_crowd]),
+                      dtype=np.float64).reshape(len(masks), len(gt_masks))
+
+
+def _assign(iou: np.ndarray, classes: np.ndarray, gt_classes: np.ndarray, gt_crowd: np.ndarray):
+    """Each mask's instance (best same-class IoU >= MATCH_IOU, -1 none), and whether an
+    unmatched mask lies on a same-class iscrowd region (ignored, as COCO ignores it)."""
+    same = classes[:, None] == gt_classes[None, :]
+    hits = (iou >= MATCH_IOU) & same
+    real = np.where(hits & ~gt_crowd[None, :], iou, -1.0)
+    instance = np.where(real.max(1, initial=-1.0) >= MATCH_IOU, real.argmax(1) if real.size else -1, -1)
+    crowd = (instance < 0) & (hits & gt_crowd[None, :]).any(1)
+    return instance, crowd, hits & ~gt_crowd[None, :]
+
+
+def count_image(gt_masks: np.ndarray, gt_classes: np.ndarray, gt_crowd: np.ndarray,
+                desc_masks: np.ndarray, desc_classes: np.ndarray, desc_mined: np.ndarray,
+                groups: list[list[int]] | None,
+                det_masks: np.ndarray, det_classes: np.ndarray, det_mined: np.ndarray) -> Counter:
+    """One image's counts (see the module). Masks are (n, H, W) bool at one size; detections
+    come best first; `groups` are the merge's groups of descriptor rows (None: no merge)."""
+    gt_crowd = np.asarray(gt_crowd, dtype=bool)
+    desc_mined, det_mined = np.asarray(desc_mined, dtype=bool), np.asarray(det_mined, dtype=bool)
+    real = ~gt_crowd
+    c = Counter(images=1, instances=int(real.sum()), descriptors=len(desc_masks),
+                mined_descriptors=int(desc_mined.sum()), detections=len(det_masks))
+
+    desc_instance, _, desc_hits = _assign(_iou(desc_masks, gt_masks, gt_crowd), desc_classes, gt_classes, gt_crowd)
+    by_originals = desc_hits[~desc_mined].any(0)
+    by_mined = desc_hits[desc_mined].any(0)
+    by_descriptors = by_originals | by_mined
+    det_iou = _iou(det_masks, gt_masks, gt_crowd)
+    _, det_crowd, det_hits = _assign(det_iou, det_classes, gt_classes, gt_crowd)
+    by_detections = det_hits.any(0)
+    c["found_by_originals"] = int((by_originals & real).sum())
+    c["found_by_descriptors"] = int((by_descriptors & real).sum())
+    c["found_final"] = int((by_detections & real).sum())
+    c["missed_by_originals"] = int((~by_originals & real).sum())
+    c["recovered_by_mined"] = int((~by_originals & by_mined & real).sum())
+    c["lost_by_dedup"] = int((by_descriptors & ~by_detections & real).sum())
+
+    # COCO's greedy matching, best detection first: each instance is taken once
+    taken = np.zeros(len(gt_masks), dtype=bool)
+    for k in range(len(det_masks)):
+        free = det_hits[k] & ~taken
+        if free.any():
+            g = int(np.argmax(np.where(free, det_iou[k], -1.0)))
+            taken[g] = True
+            kind = "tp"
+            if det_mined[k]:
+                kind = "tp_known" if by_originals[g] else "new_tp"
+                c["recovered_final"] += int(not by_originals[g])
+        elif det_hits[k].any():
+            kind = "duplicate"
+            c["duplicates_left"] += 1
+        elif det_crowd[k]:
+            kind = "crowd"
+        else:
+            kind = "background"
+            c["background_detections"] += 1
+        if det_mined[k]:
+            c["mined_detections"] += 1
+            c[f"mined_{kind}"] += 1
+
+    if groups is not None:
+        group_of = np.full(len(desc_masks), -1)
+        for gid, members in enumerate(groups):
+            group_of[members] = gid
+            instances = {int(desc_instance[m]) for m in members if desc_instance[m] >= 0}
+            c["instances_fused"] += max(0, len(instances) - 1)
+        i, j = np.triu_indices(len(desc_masks), k=1)
+        on_instances = (desc_classes[i] == desc_classes[j]) & (desc_instance[i] >= 0) & (desc_instance[j] >= 0)
+        i, j = i[on_instances], j[on_instances]
+        same, joined = desc_instance[i] == desc_instance[j], group_of[i] == group_of[j]
+        c["same_instance_pairs"] += int(same.sum())
+        c["same_instance_joined"] += int((same & joined).sum())
+        c["different_instance_pairs"] += int((~same).sum())
+        c["different_instance_joined"] += int((~same & joined).sum())
+    return c
+
+
+# every count, reported even where no image added to it
+COUNT_KEYS = ("images", "instances", "descriptors", "mined_descriptors", "detections", "found_by_originals",
+              "found_by_descriptors", "found_final", "missed_by_originals", "recovered_by_mined",
+              "recovered_final", "lost_by_dedup", "duplicates_left", "background_detections",
+              "mined_detections", "mined_new_tp", "mined_tp_known", "mined_duplicate", "mined_background",
+              "mined_crowd")
+MERGE_KEYS = ("same_instance_pairs", "same_instance_joined", "different_instance_pairs",
+              "different_instance_joined", "instances_fused")
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def summarise(counts: Counter, merged: bool) -> dict:
+    """Totals over the images and the rates the report shows."""
+    t = {k: int(counts.get(k, 0)) for k in sorted({*COUNT_KEYS, *counts})}
+    rates = {
+        "originals_recall": _ratio(t["found_by_originals"], t["instances"]),
+        "final_recall": _ratio(t["found_final"], t["instances"]),
+        "mined_per_image": _ratio(t["mined_descriptors"], t["images"]),
+        "mined_new_tp_share": _ratio(t["mined_new_tp"], t["mined_detections"]),
+        "mined_duplicate_share": _ratio(t["mined_duplicate"], t["mined_detections"]),
+        "mined_background_share": _ratio(t["mined_background"], t["mined_detections"]),
+        "recovered_share": _ratio(t["recovered_by_mined"], t["missed_by_originals"]),
+        "recovered_final_share": _ratio(t["recovered_final"], t["missed_by_originals"]),
+        "lost_by_dedup_share": _ratio(t["lost_by_dedup"], t["found_by_descriptors"]),
+        "duplicates_left_per_image": _ratio(t["duplicates_left"], t["images"]),
+    }
+    if merged:
+        t.update({k: int(counts.get(k, 0)) for k in MERGE_KEYS})
+        rates.update({
+            "merge_recall": _ratio(t["same_instance_joined"], t["same_instance_pairs"]),
+            "false_merge_rate": _ratio(t["different_instance_joined"], t["different_instance_pairs"]),
+            "fused_share_of_found": _ratio(t["instances_fused"], t["found_by_descriptors"]),
+        })
+    return {"counts": t, "rates": rates}
+
+
+def _ground_truth(coco, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    info = coco.imgs[image_id]
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+    masks = np.stack([coco.annToMask(a) > 0 for a in anns]) if anns else \
+        np.zeros((0, info["height"], info["width"]), dtype=bool)
+    return (masks, np.array([a["category_id"] for a in anns], dtype=np.int64),
+            np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool))
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@torch.inference_mode()
+def run_switch(model, dataset, cfg: dict, mine: bool, dedup: str | None, trace: bool, name: str,
+               progress: bool) -> tuple[list[dict], Counter]:
+    """COCO results of `model` under one inference switch, and (trace=True) the summed counts."""
+    loader = DataLoader(dataset, batch_size=cfg["evaluate"]["batch_size"], shuffle=False,
+                        num_workers=cfg["data"]["num_workers"],
+                        collate_fn=Collate(cfg["data"]["input"]["size_divisibility"]))
+    device = next(model.parameters()).device
+    results, counts, done = [], Counter(), 0
+    with ProgressLog(len(dataset), name, every_s=cfg["evaluate"]["progress_every_s"], unit="image",
+                     bar=progress, leave=False) as meter:
+        for images, targets in loader:
+            for out, target in zip(model.predict(images.to(device), targets, mine=mine, dedup=dedup, trace=trace),
+                                   targets):
+                results += evaluation.encode_instances(target["image_id"], out["masks"].cpu(),
+                                                       out["scores"].cpu(), out["category_ids"].cpu())
+                if trace:
+                    tr = out["trace"]
+                    d = tr["descriptors"]
+                    gt_masks, gt_classes, gt_crowd = _ground_truth(dataset.coco, target["image_id"])
+                    counts.update(count_image(gt_masks, gt_classes, gt_crowd, _numpy(tr["masks"]),
+                                          _numpy(model.category_ids[d.labels]), _numpy(d.mined), tr["groups"],
+                                          _numpy(out["masks"]), _numpy(out["category_ids"]), _numpy(out["mined"])))
+            done += len(targets)
+            meter.update(done, len(targets))
+    return results, counts
+
+
+def switches_for(variant_cfg: dict) -> list[str]:
+    """The inference switches that change something for a variant."""
+    names = ["as_trained"]
+    if variant_cfg["excavate"]:
+        names.append("no_mining")
+    if variant_cfg["dedup"] == "purify_merge":
+        names.append("matrix_nms")
+        if variant_cfg["excavate"]:
+            names.append("neither")
+    return names
+
+
+def hidden_instances(cfg: dict, split: str, model=None) -> dict:
+    """Instances of `split` (at the test-time size) that own no grid cell: every cell of their
+    centre region goes to a smaller instance (SOLOv2's assignment, as perceiving trains)."""
+    from pep.model.detector import build_model
+
+    dataset = build_dataset(cfg, split)
+    dataset.transforms = InputSize.from_params(cfg["data"]["input"], train=False).transforms()  # no flip, one size
+    if model is None:
+        model = build_model(cfg, "baseline", sorted(dataset.coco.getCatIds()))
+    divisor = cfg["data"]["input"]["size_divisibility"]
+    hidden = total = 0
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        h, w = image.shape[-2:]
+        size = (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
+        owners = model.perceive.targets([target], size)[0].gt_index
+        n = len(target["labels"])
+        total += n
+        hidden += n - len(set(owners[owners >= 0].tolist()))
+    return {"instances": total, "without_own_cell": hidden, "share": _ratio(hidden, total)}
+
+
+def mechanisms_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", progress: bool = True) -> dict:
+    """Score every seed's model of `variant` (see the module); write metrics/<variant>/mechanisms.json."""
+    path = output_path(cfg, "metrics", variant, "mechanisms.json")
+    outputs = StagedOutputs([path], "`pep mechanisms`")
+    dataset = build_dataset(cfg, "val")
+    models = {seed: load_trained(cfg, variant, seed, device)[0] for seed in seeds}
+    variant_cfg = cfg["variants"][variant]
+    merged = variant_cfg["dedup"] == "purify_merge"
+    per_seed = {}
+    with outputs:
+        for seed, model in models.items():
+            record = {"ap": {}}
+            for switch in switches_for(variant_cfg):
+                mine, dedup = SWITCHES[switch]
+                trace = switch == "as_trained"
+                results, counts = run_switch(model, dataset, cfg, mine, dedup, trace,
+                                             f"mechanisms {variant} seed {seed} {switch}", progress)
+                stats = evaluation.stats_in_percent(evaluation.evaluate(dataset.coco, results, "segm")["stats"])
+                record["ap"][switch] = {k: stats[k] for k in ("AP", "AP50", "AP75")}
+                if trace:
+                    record.update(summarise(counts, merged))
+            log.info("%s seed %d: originals find %d of %d instances, detections %d; AP %s", variant, seed,
+                     record["counts"]["found_by_originals"], record["counts"]["instances"],
+                     record["counts"]["found_final"],
+                     ", ".join(f"{k} {v['AP']:.1f}" for k, v in record["ap"].items()))
+            per_seed[str(seed)] = record
+        data = {split: hidden_instances(cfg, split, next(iter(models.values()))) for split in ("train", "val")}
+        outputs.write_json(path, {"variant": variant, "split": "val", "seeds": list(seeds), "match_iou": MATCH_IOU,
+                                  "mean": mean_over_seeds(per_seed), "per_seed": per_seed, "data": data})
+        outputs.publish()
+    return per_seed
+
+
+def mean_over_seeds(per_seed: dict) -> dict:
+    """Mean and (several seeds) standard deviation over seeds of every rate and AP."""
+    def spread(values: list[float]) -> dict:
+        out = {"mean": round(statistics.mean(values), 4)}
+        if len(values) > 1:
+            out["std"] = round(statistics.stdev(values), 4)
+        return out
+
+    records = list(per_seed.values())
+    rates = {k: spread([r["rates"][k] for r in records if r["rates"][k] is not None])
+             for k in records[0]["rates"] if any(r["rates"][k] is not None for r in records)}
+    ap = {switch: spread([r["ap"][switch]["AP"] for r in records]) for switch in records[0]["ap"]}
+    return {"rates": rates, "ap": ap}
