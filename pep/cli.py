@@ -115,9 +115,17 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     report = validate_dataset(annotations, images, check_images=not args.skip_image_check,
                               progress=not args.quiet)
     print(report.summary(max_examples=args.examples))
+    record = report.to_dict(show_path)
+    if args.split and report.trainable:
+        from pep.engine.mechanisms import hidden_instances
+
+        # the instances perceiving can have no descriptor of its own for: excavating's work
+        record["instances_without_own_cell"] = hidden = hidden_instances(cfg, args.split)
+        print(f"{hidden['without_own_cell']} of {hidden['instances']} instances ({100 * (hidden['share'] or 0):.1f}%) "
+              "own no grid cell (every cell of their centre region goes to a smaller instance)")
     if outputs:
         with outputs:
-            outputs.write_json(args.report, report.to_dict(show_path))
+            outputs.write_json(args.report, record)
             outputs.publish()
     return 0 if report.trainable else 1
 

@@ -82,7 +82,14 @@ def data_settings(cfg: dict) -> dict:
 
 
 def validate_settings(cfg: dict, split: str) -> dict:
-    return _data_files(cfg, split)
+    """The split's files; and what decides which instances own a grid cell, which the data
+    report counts."""
+    return {**_data_files(cfg, split), **_assignment(cfg)}
+
+
+def _assignment(cfg: dict) -> dict:
+    return _pick(cfg, ("data.input.test_min_size", "data.input.max_size", "data.input.size_divisibility",
+                       "model.levels", "model.perceive.center_radius"))
 
 
 def train_settings(cfg: dict, variant: str, seed: int | None) -> dict:
@@ -115,8 +122,8 @@ def evaluate_settings(cfg: dict, variant: str) -> dict:
 def mechanisms_settings(cfg: dict, variant: str) -> dict:
     """The mechanism report of every seed's model on val; its data counts read the train split
     and perceiving's cell assignment too."""
-    return {**_data_files(cfg, "val", "train"), **_inference(cfg, variant),
-            **_pick(cfg, ("model.levels", "model.perceive.center_radius", "train.seeds"))}
+    return {**_data_files(cfg, "val", "train"), **_inference(cfg, variant), **_assignment(cfg),
+            **_pick(cfg, ("train.seeds",))}
 
 
 def predict_settings(cfg: dict, variant: str) -> dict:

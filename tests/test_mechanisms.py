@@ -84,3 +84,26 @@ def test_empty_image():
                     none.astype(bool))
     assert c["instances"] == 0 and c["found_final"] == 0
     assert summarise(c, merged=True)["rates"]["merge_recall"] is None
+
+
+def test_sweep_takes_inference_settings_only_and_checks_each_combination():
+    from pep.config import PROJECT_ROOT, load_params
+    from pep.engine.sweep import combinations, parse_options
+    from pep.errors import PepError
+
+    options = parse_options(["model.purify.then_matrix_nms=false,true", "model.purify.join_mask_iou=0,0.5",
+                             "variants.pep.dedup=matrix_nms"], "pep")
+    assert options == {"model.purify.then_matrix_nms": [False, True], "model.purify.join_mask_iou": [0, 0.5],
+                       "variants.pep.dedup": ["matrix_nms"]}
+    cfg = load_params(PROJECT_ROOT / "params.yaml")
+    combos = combinations(cfg, options)
+    assert len(combos) == 4 and combos[3][1]["model"]["purify"]["join_mask_iou"] == 0.5
+    assert cfg["model"]["purify"]["join_mask_iou"] == 0.0  # the caller's settings are untouched
+    with pytest.raises(PepError, match="train.lr: not read at inference"):
+        parse_options(["train.lr=0.1"], "pep")
+    with pytest.raises(PepError, match="expected KEY=VALUE"):
+        parse_options(["model.purify.join_mask_iou"], "pep")
+    with pytest.raises(PepError, match="then_matrix_nms"):
+        combinations(cfg, parse_options(["model.purify.then_matrix_nms=maybe"], "pep"))
+    with pytest.raises(PepError, match="no key 'typo'"):
+        combinations(cfg, parse_options(["model.inference.typo=1"], "pep"))

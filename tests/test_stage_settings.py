@@ -44,6 +44,7 @@ TRAIN = {f"train-{v}-seed0" for v in VARIANTS}
 EVALUATE = {f"evaluate-{v}" for v in VARIANTS}
 PREDICT = {f"predict-{v}" for v in VARIANTS}
 MECHANISMS = {f"mechanisms-{v}" for v in VARIANTS}
+VALIDATE = {"validate-train", "validate-val"}
 SCORING = EVALUATE | MECHANISMS | PREDICT  # every job that runs the trained models
 
 
@@ -69,12 +70,12 @@ def test_each_setting_reaches_the_jobs_it_can_change():
     assert changed_by("train.lr", 0.5) == TRAIN | {"reports"}
     assert changed_by("model.head.convs", 2) == TRAIN | {"reports"}
     assert changed_by("data.input.flip_prob", 0.0) == TRAIN | {"reports"}
-    assert changed_by("data.input.test_min_size", 128) == SCORING | {"reports"}
+    assert changed_by("data.input.test_min_size", 128) == SCORING | VALIDATE | {"reports"}
     assert changed_by("model.inference.score_threshold", 0.2) == SCORING | {"reports"}
     assert changed_by("model.purify.merge_threshold", 0.6) == SCORING | {"reports"}
-    # the mechanism report also counts, per split, instances that own no grid cell
+    # the data and mechanism reports also count, per split, instances that own no grid cell
     assert changed_by("model.levels", {**RAW["model"]["levels"], "grids": [20, 16, 8]}) == \
-        TRAIN | MECHANISMS | {"reports"}
+        TRAIN | MECHANISMS | VALIDATE | {"reports"}
     assert changed_by("evaluate.bootstrap", {"resamples": 5, "seed": 0}) == EVALUATE | {"reports"}
     assert changed_by("evaluate.algorithm_name", "mine") == PREDICT | {"reports"}
     assert changed_by("data.synth", {**RAW["data"]["synth"], "num_val": 7}) == {"data", "reports"}

@@ -230,6 +230,8 @@ def result_numbers(root: Path) -> dict:
 EXPECTED_OUTPUTS = ("reports/tables/ablation.md", "reports/tables/ablation.tex", "reports/tables/comparison.csv",
                     "reports/README.md", "reports/index.html", "reports/figures/training_curves.png", "reports/figures/qualitative.png",
                     "reports/figures/ap_per_variant.png", "reports/plots/training_curves.csv",
+                    "reports/tables/mechanisms.md", "reports/tables/mechanisms.csv",
+                    *(f"metrics/{v}/mechanisms.json" for v in VARIANTS),
                     *(f"submissions/{v}/detections_test-dev2017_pep-{v}_results.zip" for v in VARIANTS))
 
 
@@ -257,6 +259,14 @@ def test_dvc_repro_runs_the_pipeline_then_nothing(dvc_project):
         assert (dvc_project / name).stat().st_size > 0, name
     ablation = (dvc_project / "reports/tables/ablation.md").read_text()
     assert all(v in ablation for v in VARIANTS)
+    # the mechanism report of pep: each module's inference switched off on the same models
+    report = json.loads((dvc_project / "metrics/pep/mechanisms.json").read_text())
+    record = report["per_seed"][str(report["seeds"][0])]
+    assert set(record["ap"]) == {"as_trained", "no_mining", "matrix_nms", "neither"}
+    counts = record["counts"]
+    assert counts["images"] > 0 and counts["found_final"] <= counts["found_by_descriptors"] <= counts["instances"]
+    assert "merge_recall" in record["rates"] and report["data"]["val"]["instances"] > 0
+    assert "## Mechanisms" in (dvc_project / "reports/README.md").read_text()
     started = time.monotonic()
     again = sh(BIN / "dvc", "repro", cwd=dvc_project)
     print(f"no-op dvc repro: {time.monotonic() - started:.1f} s")

@@ -19,6 +19,7 @@ rule validate:
         "settings/validate-{split}.json",
         DATA,
         "pep/data/validate.py",
+        "pep/model/perceive.py",  # which instances own a grid cell (the data report counts them)
     wildcard_constraints:
         split="train|val",
     log:
