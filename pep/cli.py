@@ -256,11 +256,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.variant is None:
         raise PepError("`pep predict` needs --variant (the test-dev submission), or --images DIR "
                        "--out OUT with --variant or --model (your own images)")
-    seed = _seeds(cfg, args.seed)[0]
-    summary = predict_test_dev(cfg, args.variant, seed, device=_device(cfg), progress=not args.quiet)
+    summary = predict_test_dev(cfg, args.variant, _seeds(cfg, args.seed), device=_device(cfg),
+                               progress=not args.quiet)
     line = f"{args.variant} test-dev: {summary['detections']} detections on {summary['images']} images -> {summary['submission']}"
     if "metrics" in summary:
-        line += f" (scored locally: AP {summary['metrics']['AP']:.1f})"
+        line += f" (scored locally: AP {summary['metrics']['AP']:.1f}" + (
+            f", mean of {len(summary['seeds'])} seeds)" if len(summary["seeds"]) > 1 else ")")
     print(line)
     return 0
 

@@ -321,7 +321,10 @@ def test_each_variant_overfits_a_small_batch(cfg, batch, variant):
         nn.utils.clip_grad_norm_(model.parameters(), 35)
         opt.step()
         warmup.step()
-    assert loss.item() < first / 5, (first, loss.item())  # measured: 7.8x (excavate) to ~800x (baseline)
+    # measured: ~800x (baseline); 4.8x (excavate), whose losses train its own head alone
+    # (excavate.detach_inputs), 7.8x when they reached the shared towers as well
+    factor = 4 if cfg["variants"][variant]["excavate"] else 5
+    assert loss.item() < first / factor, (first, loss.item())
     model.eval()
     eval_targets = [{**t, "orig_size": t["size"]} for t in targets]
     ious = _mask_iou_matches(model(images, eval_targets), eval_targets, min_area=16 * 16)

@@ -114,7 +114,7 @@ def test_dvc_yaml_and_snakefile_describe_one_dag(tmp_path):
     settings = dvc.pop("settings")
     assert settings["outputs"] == {"settings"} and "params.yaml" in settings["inputs"]
     assert set(dvc) == set(smk), f"stages only in dvc.yaml: {set(dvc) - set(smk)}; only in the Snakefile: {set(smk) - set(dvc)}"
-    jobs = {"data", "tables", "figures", *(f"{s}@{v}" for s in ("evaluate", "predict") for v in VARIANTS),
+    jobs = {"data", "tables", "figures", *(f"{s}@{v}" for s in ("evaluate", "mechanisms", "predict") for v in VARIANTS),
             *(f"train@{v}-{seed}" for v in VARIANTS for seed in (0, 1))}
     assert jobs <= set(dvc)
     for name, stage in dvc.items():
@@ -128,7 +128,9 @@ def test_dvc_yaml_and_snakefile_describe_one_dag(tmp_path):
         assert len(own) == 1 and (project / next(iter(own))).is_file(), f"{name}: settings files {own}"
     assert dvc["train@pep-1"]["inputs"] >= {"settings/train-pep-seed1.json"}
     assert {"runs/pep/seed0", "runs/pep/seed1"} <= dvc["evaluate@pep"]["inputs"]
-    assert "runs/pep/seed1" not in dvc["predict@pep"]["inputs"]  # the first seed's model submits
+    # the first seed's model submits; every seed is scored on test-dev where it can be
+    assert {"runs/pep/seed0", "runs/pep/seed1"} <= dvc["predict@pep"]["inputs"]
+    assert {"runs/pep/seed0", "runs/pep/seed1"} <= dvc["mechanisms@pep"]["inputs"]
 
 
 def test_snakemake_lint_is_clean_but_for_environments():
@@ -344,7 +346,7 @@ def test_one_variants_setting_reruns_its_chain_and_the_reports_only(dvc_project,
     proc = sh(BIN / "dvc", "exp", "run", "-S", "variants.purify.dedup=matrix_nms", cwd=clone).stdout
     ran = set(re.findall(r"Running stage '([^']+)'", proc))
     # de-duplication is inference: purify's models are re-scored, not retrained
-    assert ran == {"settings", "evaluate@purify", "predict@purify", "tables", "figures"}, ran
+    assert ran == {"settings", "evaluate@purify", "mechanisms@purify", "predict@purify", "tables", "figures"}, ran
     assert yaml.safe_load((clone / "params.yaml").read_text())["variants"]["purify"]["dedup"] == "matrix_nms"
     assert "matrix_nms" in (clone / "settings" / "evaluate-purify.json").read_text()
     # the README's `dvc exp show` line: a table one can read
@@ -385,7 +387,8 @@ def downstream(stages: dict[str, dict], names: set[str]) -> set[str]:
 
 
 REPORTS = {"tables", "figures"}
-EVERY = {f"{stage}@{v}" for stage in ("evaluate", "predict") for v in VARIANTS}
+SCORING = ("evaluate", "mechanisms", "predict")  # the stages that run every seed's trained model
+EVERY = {f"{stage}@{v}" for stage in SCORING for v in VARIANTS}
 # (setting, new value, the stages whose own settings change)
 CHANGES = [
     ("profiles.coco.cluster.train.runtime_min", 60, set()),
@@ -395,10 +398,10 @@ CHANGES = [
     ("train.checkpoint_every_iters", 7, set()),
     ("tracking.system_metrics_interval_s", 0, set()),
     ("evaluate.bootstrap.resamples", 30, {f"evaluate@{v}" for v in VARIANTS} | REPORTS),
-    ("variants.purify.dedup", "matrix_nms", {"evaluate@purify", "predict@purify"} | REPORTS),
+    ("variants.purify.dedup", "matrix_nms", {f"{stage}@purify" for stage in SCORING} | REPORTS),
     ("model.inference.score_threshold", 0.1, EVERY | REPORTS),
     ("train.epochs", 2, {f"train@{v}-0" for v in VARIANTS} | REPORTS),
-    ("train.seeds", [0, 1], {f"train@{v}-1" for v in VARIANTS} | {f"evaluate@{v}" for v in VARIANTS} | REPORTS),
+    ("train.seeds", [0, 1], {f"train@{v}-1" for v in VARIANTS} | EVERY | REPORTS),
 ]
 
 

@@ -7,8 +7,9 @@ evaluate (val): results of every seed's model, COCO segm and bbox stats, written
   metrics/<variant>/val_per_category.json
   results/<variant>/seed<k>/results_val.json   the raw COCO results
 predict (test-dev): the COCO server's upload, submissions/<variant>/detections_test-dev2017_
-  <algorithm>-<variant>_results.zip; where a local ground truth exists (the synthetic set keeps
-  one aside), it is scored as the server would, into metrics/<variant>/test-dev.json.
+  <algorithm>-<variant>_results.zip, of the first seed's model; where a local ground truth
+  exists (the synthetic set keeps one aside), every seed's model is scored as the server would,
+  into metrics/<variant>/test-dev.json (mean over seeds, each seed's beside it).
 """
 
 from __future__ import annotations
@@ -170,9 +171,12 @@ def _bootstrap_record(resampled: dict[int, dict], seeds: list[int]) -> dict:
             "AP": [-1 if any(v < 0 for v in draw) else round(100 * statistics.mean(draw), 3) for draw in per_draw]}
 
 
-def predict_test_dev(cfg: dict, variant: str, seed: int, device="cpu", progress: bool = True) -> dict:
-    """The COCO server's submission zip; scored locally where a private ground truth exists.
-    Checked first, published together at the end, metrics/<variant>/test-dev.json last."""
+def predict_test_dev(cfg: dict, variant: str, seeds: list[int], device="cpu", progress: bool = True) -> dict:
+    """The COCO server's submission zip, of the first seed's model; where a private ground truth
+    exists, every seed's model scored on it (the stats are their mean, with each seed's and the
+    std beside them, as in val.json). Checked first, published together at the end,
+    metrics/<variant>/test-dev.json last."""
+    seed = seeds[0]
     algorithm = f"{cfg['evaluate']['algorithm_name']}-{variant}"
     submissions = output_path(cfg, "submissions", variant)
     json_path, zip_path = evaluation.submission_paths(submissions, algorithm)
@@ -181,9 +185,11 @@ def predict_test_dev(cfg: dict, variant: str, seed: int, device="cpu", progress:
     dataset = build_dataset(cfg, "test-dev")
     private = resolve_data_path(cfg, "root") / PRIVATE_TEST_DEV_GT
     private_gt = load_coco(private) if private.exists() else None
-    model, final = load_trained(cfg, variant, seed, device)
+    models = {s: load_trained(cfg, variant, s, device) for s in (seeds if private_gt is not None else [seed])}
     if private_gt is not None:
-        _check_categories(final, private_gt, default_run_dir(cfg, variant, seed) / FINAL)
+        for s, (_, final) in models.items():
+            _check_categories(final, private_gt, default_run_dir(cfg, variant, s) / FINAL)
+    model = models[seed][0]
     with outputs:
         log.info("%s seed %d: predicting %d test-dev images", variant, seed, len(dataset))
         results, _ = predict(model, dataset, cfg, torch.device(device), progress,
@@ -193,10 +199,19 @@ def predict_test_dev(cfg: dict, variant: str, seed: int, device="cpu", progress:
         record = {"variant": variant, "split": "test-dev", "seed": seed,
                   "submission": str(zip_path.relative_to(output_path(cfg))),
                   "detections": len(results), "images": len(dataset)}
-        if private_gt is not None:  # the synthetic set: score it as the server would
-            scored = evaluation.evaluate(private_gt, results, "segm")
-            summary["metrics"] = evaluation.stats_in_percent(scored["stats"])
-            record.update(summary["metrics"], scored="locally, against " + PRIVATE_TEST_DEV_GT)
+        if private_gt is not None:  # the synthetic set: score every seed as the server would
+            per_seed = {seed: evaluation.stats_in_percent(evaluation.evaluate(private_gt, results, "segm")["stats"])}
+            for s in seeds[1:]:
+                others, _ = predict(models[s][0], dataset, cfg, torch.device(device), progress,
+                                    name=f"predict {variant} seed {s} test-dev")
+                per_seed[s] = evaluation.stats_in_percent(evaluation.evaluate(private_gt, others, "segm")["stats"])
+            summary["metrics"] = _mean_over_seeds(per_seed)
+            summary["seeds"] = list(seeds)
+            record.update(summary["metrics"], seeds=list(seeds), scored="locally, against " + PRIVATE_TEST_DEV_GT)
+            if len(seeds) > 1:
+                record["per_seed"] = {str(s): v for s, v in per_seed.items()}
+                record["std"] = {k: round(statistics.stdev(v[k] for v in per_seed.values()), 3)
+                                 for k in evaluation.STAT_KEYS}
         else:  # real COCO: only the evaluation server knows the answer
             record["scored"] = (f"not here: upload {zip_path.name} to the COCO server and commit its numbers "
                                 f"as reports/test-dev-server/{variant}.json")

@@ -59,7 +59,7 @@ rule predict:
         "metrics/{variant}/test-dev.json",
     input:
         "settings/predict-{variant}.json",
-        f"runs/{{variant}}/seed{SEEDS[0]}",  # the first seed's model makes the submission
+        expand("runs/{{variant}}/seed{seed}", seed=SEEDS),  # the first seed submits; all are scored
         DATA,
         "pep/evaluation.py",
         "pep/engine/evaluate.py",
