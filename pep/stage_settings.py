@@ -95,7 +95,7 @@ def _assignment(cfg: dict) -> dict:
 def train_settings(cfg: dict, variant: str, seed: int | None) -> dict:
     """What a trained model comes from; without a seed, what every seed of a variant shares
     (pep.tracking.params_hash, which tells whether a checkpoint may be resumed)."""
-    model = _without(cfg["model"], INFERENCE_ONLY, "model")
+    model = _without(cfg["model"], INFERENCE_ONLY + _absent_modules(cfg, variant), "model")
     train = _without(cfg["train"], NEVER, "train")
     train.pop("seeds")
     variant_cfg = {k: v for k, v in cfg["variants"][variant].items() if k != "dedup"}
@@ -107,9 +107,16 @@ def train_settings(cfg: dict, variant: str, seed: int | None) -> dict:
     return out
 
 
+def _absent_modules(cfg: dict, variant: str) -> tuple[str, ...]:
+    """The settings sections of the modules a variant does not build: they cannot change it."""
+    return tuple(f"model.{module}" for module in ("excavate", "purify") if not cfg["variants"][variant][module])
+
+
 def _inference(cfg: dict, variant: str) -> dict:
+    absent = _absent_modules(cfg, variant)
+    keys = tuple(k for k in INFERENCE_ONLY if not any(k.startswith(a + ".") for a in absent))
     return {**_pick(cfg, ("data.input.test_min_size", "data.input.max_size", "data.input.size_divisibility")),
-            **_pick(cfg, INFERENCE_ONLY), f"variants.{variant}": copy.deepcopy(cfg["variants"][variant]),
+            **_pick(cfg, keys), f"variants.{variant}": copy.deepcopy(cfg["variants"][variant]),
             **_pick(cfg, ("evaluate.batch_size", "train.device"))}
 
 

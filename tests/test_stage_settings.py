@@ -72,7 +72,8 @@ def test_each_setting_reaches_the_jobs_it_can_change():
     assert changed_by("data.input.flip_prob", 0.0) == TRAIN | {"reports"}
     assert changed_by("data.input.test_min_size", 128) == SCORING | VALIDATE | {"reports"}
     assert changed_by("model.inference.score_threshold", 0.2) == SCORING | {"reports"}
-    assert changed_by("model.purify.merge_threshold", 0.6) == SCORING | {"reports"}
+    assert changed_by("model.purify.merge_threshold", 0.6) == \
+        {f"{job}-{v}" for job in ("evaluate", "mechanisms", "predict") for v in ("purify", "pep")} | {"reports"}
     # the data and mechanism reports also count, per split, instances that own no grid cell
     assert changed_by("model.levels", {**RAW["model"]["levels"], "grids": [20, 16, 8]}) == \
         TRAIN | MECHANISMS | VALIDATE | {"reports"}
@@ -88,6 +89,15 @@ def test_a_variants_settings_reach_its_own_jobs_alone():
         {"train-purify-seed0", "evaluate-purify", "mechanisms-purify", "predict-purify", "reports"}
     assert changed_by("variants.purify", {"excavate": False, "purify": True, "dedup": "matrix_nms"}) == \
         {"evaluate-purify", "mechanisms-purify", "predict-purify", "reports"}  # de-duplication is inference
+
+
+def test_a_modules_settings_reach_the_variants_that_have_it_alone():
+    with_excavating = {v for v in VARIANTS if RAW["variants"][v]["excavate"]}
+    with_purifying = {v for v in VARIANTS if RAW["variants"][v]["purify"]}
+    assert changed_by("model.excavate.detach_inputs", not RAW["model"]["excavate"]["detach_inputs"]) == \
+        {f"train-{v}-seed0" for v in with_excavating} | {"reports"}
+    assert changed_by("model.purify.join_mask_iou", 0.5) == \
+        {f"{job}-{v}" for job in ("evaluate", "mechanisms", "predict") for v in with_purifying} | {"reports"}
 
 
 def test_a_new_seed_leaves_the_trained_seeds_alone():
