@@ -126,8 +126,7 @@ def evaluate_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", tr
         })
         if len(seeds) > 1:
             metrics["per_seed"] = {str(s): v for s, v in per_seed.items()}
-            metrics["std"] = {k: round(statistics.stdev(v[k] for v in per_seed.values()), 3)
-                              for k in evaluation.STAT_KEYS}
+            metrics["std"] = _std_over_seeds(per_seed)
         for seed, path in results_files.items():
             outputs.write_json(path, seed_results[seed], indent=None)
         outputs.write_json(folder / "val_per_category.json", per_category[seeds[0]] if len(seeds) == 1
@@ -210,8 +209,7 @@ def predict_test_dev(cfg: dict, variant: str, seeds: list[int], device="cpu", pr
             record.update(summary["metrics"], seeds=list(seeds), scored="locally, against " + PRIVATE_TEST_DEV_GT)
             if len(seeds) > 1:
                 record["per_seed"] = {str(s): v for s, v in per_seed.items()}
-                record["std"] = {k: round(statistics.stdev(v[k] for v in per_seed.values()), 3)
-                                 for k in evaluation.STAT_KEYS}
+                record["std"] = _std_over_seeds(per_seed)
         else:  # real COCO: only the evaluation server knows the answer
             record["scored"] = (f"not here: upload {zip_path.name} to the COCO server and commit its numbers "
                                 f"as reports/test-dev-server/{variant}.json")
@@ -226,3 +224,7 @@ def _mean_over_seeds(per_seed: dict[int, dict]) -> dict:
         values = [v[key] for v in per_seed.values()]
         out[key] = -1 if any(v < 0 for v in values) else round(statistics.mean(values), 3)
     return out
+
+
+def _std_over_seeds(per_seed: dict[int, dict]) -> dict:
+    return {key: round(statistics.stdev(v[key] for v in per_seed.values()), 3) for key in evaluation.STAT_KEYS}
