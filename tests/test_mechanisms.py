@@ -1,5 +1,7 @@
 """The mechanism report's counts against a case whose answers are known by construction."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -96,9 +98,11 @@ def test_sweep_takes_inference_settings_only_and_checks_each_combination():
     assert options == {"model.purify.then_matrix_nms": [False, True], "model.purify.join_mask_iou": [0, 0.5],
                        "variants.pep.dedup": ["matrix_nms"]}
     cfg = load_params(PROJECT_ROOT / "params.yaml")
+    before = copy.deepcopy(cfg)
     combos = combinations(cfg, options)
     assert len(combos) == 4 and combos[3][1]["model"]["purify"]["join_mask_iou"] == 0.5
-    assert cfg["model"]["purify"]["join_mask_iou"] == 0.0  # the caller's settings are untouched
+    assert [c[1]["model"]["purify"]["then_matrix_nms"] for c in combos] == [False, False, True, True]
+    assert cfg == before  # the caller's settings are untouched
     with pytest.raises(PepError, match="train.lr: not read at inference"):
         parse_options(["train.lr=0.1"], "pep")
     with pytest.raises(PepError, match="expected KEY=VALUE"):
