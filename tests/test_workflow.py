@@ -482,7 +482,7 @@ def test_snakemake_runs_the_pipeline_through_slurm(slurm_cluster, dvc_project, t
     assert run.process.returncode == 0, run.process.stdout[-4000:] + run.process.stderr[-4000:]
     # every job but the two local report rules went through SLURM, and finished there
     submitted = len(run.job_ids)
-    assert submitted == 1 + 2 + 3 * len(VARIANTS), run.job_ids
+    assert submitted == 1 + 2 + (1 + len(SCORING)) * len(VARIANTS), run.job_ids  # data, validate, train + scoring
     states = {job_info(j).get("JobState") for j in run.job_ids}
     assert states == {"COMPLETED"}, states
     logs = list((project / ".snakemake" / "slurm_logs").rglob("*.log"))
