@@ -254,7 +254,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pep.engine.evaluate import predict_test_dev
 
     if args.variant is None:
-        raise PepError("`pep predict` needs --variant (the test-dev submission), or --images DIR "
+        raise PepError("`pep predict` needs --variant (the test-dev submission), or --images SOURCE... "
                        "--out OUT with --variant or --model (your own images)")
     summary = predict_test_dev(cfg, args.variant, _seeds(cfg, args.seed), device=_device(cfg),
                                progress=not args.quiet)
@@ -267,11 +267,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_images(cfg: dict, args: argparse.Namespace) -> int:
-    """`pep predict --images DIR --out OUT`: a folder of one's own images, segmented."""
-    from pep.engine.segment import segment_folder
+    """`pep predict --images SOURCE... --out OUT`: one's own images (folders, files, globs), segmented."""
+    from pep.engine.segment import segment_images
 
     if args.images is None or args.out is None:
-        raise PepError("`pep predict --images DIR --out OUT`: both folders are needed")
+        raise PepError("`pep predict --images SOURCE... --out OUT`: both are needed (SOURCE: a folder, "
+                       "an image file or a quoted glob such as 'photos/*.jpg')")
     if (args.variant is None) == (args.model is None):
         raise PepError("`pep predict --images`: give the model as either --variant V [--seed S] "
                        "(from runs/) or --model URI (from MLflow), not both or neither")
@@ -289,12 +290,12 @@ def _predict_images(cfg: dict, args: argparse.Namespace) -> int:
 
         segmenter = load_segmenter(cfg, args.model)
         source = args.model
-    summary = segment_folder(segmenter, args.images, args.out, args.score_threshold,
+    summary = segment_images(segmenter, args.images, args.out, args.score_threshold,
                              progress=not args.quiet)
     print(f"{source}: {summary['instances']} instances (score >= {args.score_threshold}) on "
           f"{summary['images']} images -> {summary['results']}, {summary['overlays']}/")
     for skipped in summary["skipped"]:
-        print(f"pep: skipped {args.images / skipped['file_name']}: not a readable image ({skipped['reason']})",
+        print(f"pep: skipped {skipped['path']}: not a readable image ({skipped['reason']})",
               file=sys.stderr)
     return 1 if summary["skipped"] else 0
 
@@ -447,12 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("predict", help="write the COCO test-dev submission zip of a trained variant, or "
-                                       "segment a folder of your own images (--images DIR --out OUT)")
+                                       "segment your own images (--images SOURCE... --out OUT)")
     _add_params_arg(p)
     p.add_argument("--variant", choices=variants, help="the trained variant (from runs/)")
     p.add_argument("--split", default="test-dev", choices=["test-dev"])
     p.add_argument("--seed", type=int, help="the seed whose model predicts (default: the first)")
-    p.add_argument("--images", type=Path, help="a folder of JPEG/PNG images to segment")
+    p.add_argument("--images", nargs="+", metavar="SOURCE",
+                   help="images to segment: folders (their JPEG/PNG files), image files, or quoted "
+                        "globs ('photos/*.jpg', 'shots/**/*.png'); several may be given")
     p.add_argument("--out", type=Path, help="with --images: where results.json and overlays/ go")
     p.add_argument("--model", help="with --images: an MLflow model URI instead of --variant, e.g. "
                                    "models:/pep-pep/1 or runs:/<run id>/model")

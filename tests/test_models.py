@@ -6,6 +6,7 @@ pycocotools scores."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -201,13 +202,49 @@ def test_any_image_is_segmented_and_an_unreadable_one_is_named(project, tmp_path
     assert {r["file_name"] for r in records} <= {"grey.jpg", "alpha.png", "palette.png", "deep.png", "rotated.JPG"}
 
 
+def test_predict_images_takes_one_file_a_glob_or_several_sources(project, some_images, tmp_path):
+    files = sorted(some_images.glob("*.jpg"))
+    single = tmp_path / "single"
+    out = ok("predict", "--variant", "pep", "--images", str(files[0]), "--out", str(single),
+             "--score-threshold", "0", cwd=project).stdout
+    assert "on 1 images" in out and [p.name for p in (single / "overlays").iterdir()] == [f"{files[0].stem}.png"]
+    from_folder = {}
+    ok("predict", "--variant", "pep", "--images", str(some_images), "--out", str(tmp_path / "folder"),
+       "--score-threshold", "0", cwd=project)
+    for r in json.loads((tmp_path / "folder" / "results.json").read_text()):
+        from_folder.setdefault(r["file_name"], []).append(r)
+    assert json.loads((single / "results.json").read_text()) == from_folder.get(files[0].name, [])
+
+    # a glob pep expands itself (quoted from the shell), a file it also matches, and a second folder
+    other = tmp_path / "more"
+    other.mkdir()
+    shutil.copy(files[1], other / files[1].name)  # the same name as an image of the first folder
+    globbed = tmp_path / "globbed"
+    out = ok("predict", "--variant", "pep", "--images", str(some_images / "*.jpg"), str(files[2]), str(other),
+             "--out", str(globbed), "--score-threshold", "0", cwd=project).stdout
+    assert f"on {len(files) + 1} images" in out  # files[2] twice is done once
+    names = {r["file_name"] for r in json.loads((globbed / "results.json").read_text())}
+    below = Path(os.path.commonpath([some_images, other]))  # the folder both lie in
+    assert names <= {(some_images / f.name).relative_to(below).as_posix() for f in files} | \
+        {(other / files[1].name).relative_to(below).as_posix()}
+    assert len(names) > 1
+    overlays = {p.name for p in (globbed / "overlays").iterdir()}
+    assert len(overlays) == len(files) + 1
+    assert f"{files[0].stem}.png" in overlays and \
+        (other / files[1].name).relative_to(below).as_posix().replace("/", "__").replace(".", "_") + ".png" in overlays
+
+    refused("predict", "--variant", "pep", "--images", str(some_images / "*.tiff"), "--out", str(tmp_path / "o"),
+            cwd=project, names=(str(some_images / "*.tiff"), "matches no JPEG or PNG file"))
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
 def test_predict_images_refuses_what_it_cannot_do_in_one_message(project, some_images, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     refused("predict", "--variant", "pep", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
             cwd=project, names=(str(tmp_path / "empty"), "no JPEG or PNG"))
     refused("predict", "--variant", "pep", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
-            cwd=project, names=(str(tmp_path / "nowhere"),))
+            cwd=project, names=(str(tmp_path / "nowhere"), "no such image file or folder"))
     refused("predict", "--variant", "baseline", "--images", str(some_images), "--out", str(tmp_path / "o"),
             cwd=project, names=("runs/baseline/seed0/model_final.pt", "pep train --variant baseline"))
     refused("predict", "--model", "models:/pep-nothing/1", "--images", str(some_images), "--out",

@@ -1,10 +1,13 @@
-"""Segmenting a user's own images: `pep predict --images DIR --out OUT`, and the MLflow model.
+"""Segmenting a user's own images: `pep predict --images SOURCE... --out OUT` (folders, files or
+globs), and the MLflow model.
 
 One path for both: an image file (JPEG or PNG, any size, any mode, EXIF orientation applied) ->
 RGB -> the test-time resize the model was trained for -> the model -> instances at the image's
 own size, each with its mask (compressed RLE), box, category id and name, and score.
 
 Writes, for `pep predict --images`:
+
+  (file_name: the image's path below the folder all the given images share)
 
   OUT/results.json             one record per instance: file_name, width, height, category_id,
                                category_name, score, segmentation (COCO compressed RLE), bbox
@@ -18,7 +21,9 @@ the others are still done.
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,33 +140,65 @@ def overlay(pixels: np.ndarray, seg: Segmentation, records: list[dict], category
     return image.permute(1, 2, 0).numpy()
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The JPEG and PNG files directly in `folder`, by name; a clear error when there are none."""
-    if not folder.is_dir():
-        raise PepError(f"{folder}: no such folder of images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise PepError(f"{folder}: no JPEG or PNG images in it ({', '.join(IMAGE_SUFFIXES)}; "
-                       "subfolders are not searched)")
-    return files
+GLOB_CHARS = "*?["
+
+
+def image_files(sources: str | Path | list[str | Path]) -> list[Path]:
+    """The images that `--images` names, in order and without repeats. Each source is a folder
+    (its JPEG and PNG files, by name; subfolders are not searched), one file (taken whatever
+    its suffix: the user named it), or a glob such as `photos/*.jpg` or `shots/**/*.png`, quoted
+    so that pep, not the shell, expands it (its JPEG and PNG matches). A clear error for a
+    source that names nothing."""
+    found: list[Path] = []
+    for source in [sources] if isinstance(sources, (str, Path)) else sources:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise PepError(f"{path}: no JPEG or PNG images in it ({', '.join(IMAGE_SUFFIXES)}; "
+                               "subfolders are not searched: give a glob such as 'DIR/**/*.jpg')")
+        elif path.is_file():
+            files = [path]
+        elif any(c in str(source) for c in GLOB_CHARS):
+            matched = sorted(Path(p) for p in glob.glob(str(source), recursive=True))
+            files = [p for p in matched if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise PepError(f"{source}: the pattern matches no JPEG or PNG file"
+                               + (f" ({len(matched)} other path(s))" if matched else ""))
+        else:
+            raise PepError(f"{path}: no such image file or folder of images")
+        found += files
+    unique = {os.path.realpath(p): p for p in reversed(found)}  # an image named twice is done once
+    return [p for p in found if unique[os.path.realpath(p)] is p]
+
+
+def display_names(files: list[Path]) -> dict[Path, str]:
+    """Each image's name in results.json: its path below the folder all the images share (the
+    file name alone where they lie in one folder)."""
+    parents = [os.path.abspath(f.parent) for f in files]
+    root = os.path.commonpath(parents) if files else ""
+    return {f: Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files}
 
 
 def overlay_names(files: list[Path]) -> dict[Path, str]:
-    """<stem>.png for each image; <name with its suffix>.png where two images share a stem."""
+    """<stem>.png for each image; where two images share a stem, its name in results.json with
+    folders and suffix spelt out (a/b.jpg -> a__b_jpg.png)."""
     stems = [f.stem for f in files]
-    return {f: (f"{f.stem}.png" if stems.count(f.stem) == 1 else f"{f.stem}{f.suffix.replace('.', '_')}.png")
-            for f in files}
+    shown = display_names(files)
+    return {f: (f"{f.stem}.png" if stems.count(f.stem) == 1 else
+                shown[f].replace("/", "__").replace(".", "_") + ".png") for f in files}
 
 
-def segment_folder(segmenter: Segmenter, folder: str | Path, out: str | Path, score_threshold: float,
-                   progress: bool = True) -> dict:
-    """Segment every image of `folder` into `out` (see the module). Returns a summary: images
-    done, instances kept, and the files skipped with the reason."""
-    folder, out = Path(folder), Path(out)
+def segment_images(segmenter: Segmenter, sources: str | Path | list[str | Path], out: str | Path,
+                   score_threshold: float, progress: bool = True) -> dict:
+    """Segment every image that `sources` name (folders, files, globs: `image_files`) into
+    `out` (see the module). Returns a summary: images done, instances kept, and the files
+    skipped with the reason."""
+    out = Path(out)
     if not 0.0 <= score_threshold <= 1.0:
         raise PepError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
-    files = image_files(folder)
-    names = overlay_names(files)
+    files = image_files(sources)
+    names, shown = overlay_names(files), display_names(files)
     overlays = out / "overlays"
     overlays.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -174,10 +211,10 @@ def segment_folder(segmenter: Segmenter, folder: str | Path, out: str | Path, sc
             except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("%s: skipped, not a readable image (%s)", path, reason)
-                skipped.append({"file_name": path.name, "reason": reason})
+                skipped.append({"file_name": shown[path], "path": str(path), "reason": reason})
                 continue
             kept = segmenter(pixels).above(score_threshold)
-            found = kept.records(path.name)
+            found = kept.records(shown[path])
             records += found
             Image.fromarray(overlay(pixels, kept, found, category_order)).save(
                 staged.temp_path(overlays / names[path]), format="PNG")
