@@ -506,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PepError as exc:
-        print(f"pep: error: {exc}", file=sys.stderr)
+        # a resumable stop (pep.engine.preemption: a signal, its checkpoint written) is no error
+        print(f"pep: {exc}" if getattr(exc, "resumable", False) else f"pep: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("pep: interrupted; nothing half-written is left (training resumes from its last checkpoint)",

@@ -27,22 +27,27 @@ other nodes run the same Python at the same path (a shared file system), as usua
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
+import signal
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import psutil
 import torch
 import torch.distributed as dist
 
 from pep.errors import PepError
 
 log = logging.getLogger("pep")
+RESUME_EXIT_CODE = 75  # pep.engine.preemption's "stopped for the scheduler: run me again"
+SHUTDOWN_GRACE_S = 300  # torchrun's wait for its workers' last iteration and checkpoint
 
 
 @dataclass(frozen=True)
@@ -236,10 +241,56 @@ def launch(plan: LaunchPlan) -> int:
     log.info("launching %d training processes (%s): %s", plan.processes, where,
              shlex.join(plan.command))
     try:
-        return subprocess.call(plan.command)
+        # SIGUSR1 ignored: torchrun has no handler for it and would die of it, leaving its
+        # workers behind (they install their own). On SIGTERM torchrun passes it on and gives
+        # the workers SHUTDOWN_GRACE_S to stop.
+        env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT":
+               os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_GRACE_S))}
+        child = subprocess.Popen(plan.command, env=env,
+                                 preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
     except FileNotFoundError as exc:
         raise PepError(f"cannot start the training processes: {plan.command[0]} not found"
                        + (" (SLURM's srun is not on PATH)" if plan.mode == "srun" else "")) from exc
+    return _wait_passing_signals_on(child, through_srun=plan.mode == "srun")
+
+
+def _wait_passing_signals_on(child: subprocess.Popen, through_srun: bool) -> int:
+    """Wait for the launched workers, passing a stop signal on to them; their exit status, or
+    pep.engine.preemption's "resume me" (75) when a stop signal came and they stopped.
+
+    SIGTERM or SIGUSR1 (the scheduler's time limit, preemption; this process may be the only
+    one that got it) reaches every worker, each of which finishes its iteration (rank 0 writes
+    a checkpoint) and exits: on this node as SIGUSR1 to each process below torchrun (which
+    starts its workers in sessions of their own, and ignores SIGUSR1); through srun as SIGTERM,
+    which srun hands to each node's torchrun and torchrun to its workers. Ctrl-C (SIGINT) goes
+    to torchrun (or srun) as itself, which stops the workers."""
+    received: list[int] = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if signum == signal.SIGINT or through_srun:
+                child.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+            else:
+                for process in psutil.Process(child.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        process.send_signal(signal.SIGUSR1)
+
+    stop_signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    previous = {signum: signal.signal(signum, pass_on) for signum in stop_signals}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stopped = [s for s in received if s != signal.SIGINT]
+    if stopped and code != 0:
+        log.info("the training processes stopped on %s; the same command resumes them",
+                 signal.Signals(stopped[0]).name)
+        return RESUME_EXIT_CODE
+    if signal.SIGINT in received:
+        raise KeyboardInterrupt
+    return code
 
 
 def shutdown() -> None:

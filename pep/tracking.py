@@ -410,7 +410,9 @@ class Tracker:
         if exc_type is None:
             self.end("FINISHED")
             return
-        status = "FAILED" if issubclass(exc_type, Exception) else "KILLED"
+        # KILLED: interrupted (Ctrl-C) or stopped for the scheduler (pep.engine.preemption), to resume
+        resumable = getattr(exc_type, "resumable", False) or not issubclass(exc_type, Exception)
+        status = "KILLED" if resumable else "FAILED"
         try:
             self.end(status)
         except Exception:  # the stage's own exception is the one worth seeing

@@ -420,16 +420,34 @@ def run_snakemake_on_slurm(workdir, targets=(), extra_args=(), timeout: int = 24
     sends first here) makes it cancel its SLURM jobs. The jobs inherit this environment
     (--export=ALL), so the virtual environment's bin goes first on PATH.
     """
+    cmd, env = _snakemake_command(targets, extra_args, timeout, profile, snakemake, env)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=timeout + 30)
+    return SnakemakeRun(proc, job_ids_in(proc.stdout + proc.stderr))
+
+
+def start_snakemake_on_slurm(workdir, targets=(), extra_args=(), timeout: int = 240, *,
+                             profile: Path = SLURM_PROFILE, log: Path) -> subprocess.Popen:
+    """`run_snakemake_on_slurm` in the background, its output into the file `log`."""
+    cmd, env = _snakemake_command(targets, extra_args, timeout, profile, None, None)
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                                stdin=subprocess.DEVNULL)
+
+
+def job_ids_in(output: str) -> list[str]:
+    """The SLURM job ids that Snakemake's output says it submitted, in order."""
+    return list(dict.fromkeys(JOB_ID_RE.findall(output)))
+
+
+def _snakemake_command(targets, extra_args, timeout, profile, snakemake, env) -> tuple[list[str], dict]:
     env = dict(os.environ if env is None else env)
     env["PATH"] = f"{PROJECT_ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     snakemake = snakemake or shutil.which("snakemake", path=env["PATH"]) or "snakemake"
     cmd = ["timeout", "-s", "INT", "-k", "10", str(timeout), snakemake,
            "--executor", "slurm", "--profile", str(profile), *TEST_SNAKEMAKE_ARGS,
            *extra_args, *targets]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=timeout + 30)
-    job_ids = list(dict.fromkeys(JOB_ID_RE.findall(proc.stdout + proc.stderr)))
-    return SnakemakeRun(proc, job_ids)
+    return cmd, env
 
 
 def job_info(job_id: str) -> dict[str, str]:

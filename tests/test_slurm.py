@@ -123,7 +123,7 @@ def test_a_failing_rule_fails_the_run_instead_of_hanging(slurm_cluster, tmp_path
     (tmp_path / "Snakefile").write_text(
         'rule bad:\n    output: "bad.txt"\n    resources: mem_mb=100, runtime=5\n'
         '    shell: "echo boom-$SLURM_JOB_ID >&2; exit 3"\n')
-    run = run_snakemake_on_slurm(tmp_path, ["bad.txt"], timeout=150)
+    run = run_snakemake_on_slurm(tmp_path, ["bad.txt"], ["--retries", "0"], timeout=150)  # (the profile's 5)
     log = run.process.stdout + run.process.stderr
     assert run.process.returncode not in (0, 124, 137), log[-3000:]  # failed, not timed out
     assert len(run.job_ids) == 1, log[-3000:]

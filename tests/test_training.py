@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from conftest import BIN, ENV, make_project
 
 from pep.config import load_params
 from pep.engine import checkpoint
+from pep.engine.preemption import RESUME_EXIT_CODE
 from pep.engine.train import train
 from pep.model import build_model
 
@@ -103,6 +105,88 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, small_synth):
     wa, wb, wc = weights(a, "baseline"), weights(b, "baseline"), weights(a, "baseline", seed=1)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(wa[k], wc[k]) for k in wa if wa[k].is_floating_point())
+
+
+def _stopped_by_signal(cmd: list[str], cwd: Path, sig: int, after: Path) -> tuple[subprocess.Popen, str]:
+    """Run `cmd` until the file `after` exists, then send it `sig`; the process and its stderr."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not after.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert after.exists() and proc.poll() is None, proc.communicate()[1] if proc.poll() is not None else "too slow"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    return proc, stderr
+
+
+STOPPED = re.compile(r"stopped by (SIG\w+) after iteration (\d+) of (\d+); its checkpoint is (\S+): "
+                     r"the same command resumes it")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_a_stop_signal_ends_the_iteration_checkpoints_and_the_rerun_equals_an_uninterrupted_run(
+        tmp_path, small_synth, reference, sig):
+    """The scheduler's warning (sbatch --signal) or SIGTERM: the iteration under way is finished,
+    one checkpoint written at it, exit status 75; the rerun resumes there and ends bit for bit
+    where an uninterrupted run does. Checkpoints fall every 4 iterations: the signal's lands
+    between them."""
+    params = make_project(tmp_path / "stopped", small_synth)
+    run = params.parent / "runs/pep/seed0"
+    cmd = [str(BIN / "pep"), "train", "--params", str(params), "--variant", "pep", "--max-iters", "12"]
+    proc, stderr = _stopped_by_signal(cmd, params.parent, sig, after=run / "ckpt_00000004.pt")
+    assert proc.returncode == RESUME_EXIT_CODE == 75, stderr
+    assert "Traceback" not in stderr and "pep: error" not in stderr, stderr
+    (found,) = STOPPED.findall(stderr)
+    name, iteration, total, path = found[0], int(found[1]), int(found[2]), Path(found[3])
+    assert name == sig.name and total == 12 and 4 <= iteration < 12, stderr
+    # lost work: none; the checkpoint is the last iteration done, and the log ends there too
+    assert path == run / f"ckpt_{iteration:08d}.pt" and checkpoint.list_checkpoints(run)[0] == path
+    assert checkpoint.load(path)["iteration"] == iteration
+    assert [r["iteration"] for r in losses(params)][-1] <= iteration
+    assert not (run / "model_final.pt").exists()
+    mlflow_run = _train_runs(params)
+    assert [(r.info.status, r.data.tags["stage_train"]) for r in mlflow_run] == [("KILLED", "killed")]
+
+    rerun = subprocess.run(cmd, cwd=params.parent, env=ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming pep seed 0 from {path.name} (iteration {iteration} of 12)" in rerun.stderr
+    mine, theirs = weights(params), weights(reference)
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine), "resumed weights differ"
+    assert losses(params) == losses(reference)
+    # the rerun carried on the same MLflow run, now finished
+    assert [(r.info.run_id, r.info.status) for r in _train_runs(params)] == [(mlflow_run[0].info.run_id, "FINISHED")]
+
+
+def _train_runs(params: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{params.parent / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("pep").experiment_id])
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_the_launcher_stops_every_process_at_one_iteration(tmp_path, small_synth):
+    """`pep train` with two processes (it starts torchrun itself): SIGTERM to the launcher alone
+    reaches both workers, which stop after the same iteration, rank 0 checkpointing it; the
+    launcher exits 75, and the rerun resumes there and finishes."""
+    params = make_project(tmp_path / "two", small_synth, processes=2, device="cpu", checkpoint_every_iters=100)
+    run = params.parent / "runs/baseline/seed0"
+    cmd = [str(BIN / "pep"), "train", "--params", str(params), "--variant", "baseline", "--max-iters", "12",
+           "--no-tracking"]
+    proc, stderr = _stopped_by_signal(cmd, params.parent, signal.SIGTERM, after=run / checkpoint.LOG)
+    assert proc.returncode == 75, stderr
+    stops = STOPPED.findall(stderr)
+    assert len(stops) == 2 and len({s[1] for s in stops}) == 1, stderr  # each rank, the same iteration
+    iteration = int(stops[0][1])
+    assert [p.name for p in checkpoint.list_checkpoints(run)] == [f"ckpt_{iteration:08d}.pt"]
+    # the one traceback is torchrun's own report of workers that exited non-zero (75)
+    assert stderr.count("Traceback") == 1 and "exitcode  : 75" in stderr, stderr
+    assert "the training processes stopped on SIGTERM; the same command resumes them" in stderr
+    rerun = subprocess.run(cmd, cwd=params.parent, env=ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"(iteration {iteration} of 12)" in rerun.stderr and (run / "model_final.pt").exists()
 
 
 @pytest.mark.slow

@@ -11,17 +11,19 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pep.config import PROJECT_ROOT, VARIANTS
 
-from slurm_cluster import job_info, run_snakemake_on_slurm  # noqa: E402  (tests/ is on sys.path)
+from slurm_cluster import job_ids_in, job_info, run_snakemake_on_slurm, start_snakemake_on_slurm  # noqa: E402  (tests/ is on sys.path)
 from system_packages import require
 
 pytest_plugins = ["slurm_cluster"]
@@ -32,6 +34,7 @@ BIN = PROJECT_ROOT / ".venv" / "bin"
 PROJECT_FILES = ("pep", "workflow", "dvc.yaml", "Snakefile", ".dvcignore", "environment.yml",
                  "reports/test-dev-server")
 LOG_SUFFIX = re.compile(r" 2>&1 \| tee (\S+)$")  # Snakemake also keeps each job's output in a log
+STOP_TRAP = "trap '' TERM USR1; "  # training's shell outlives the stop signal (pep.engine.preemption)
 TIMING_KEYS = {"train_time_s", "infer_ms_per_image"}
 README_EXP_SHOW = re.search(r"^dvc exp show --drop '\.\*' --keep '[^']+'", (PROJECT_ROOT / "README.md").read_text(),
                             re.M).group(0)
@@ -100,7 +103,7 @@ def snakemake_jobs(root: Path) -> dict[str, dict]:
     for name, fields, block in dry_run_jobs(out):
         wildcards = dict(w.split("=", 1) for w in fields.get("wildcards", "").split(", ") if w)
         command = re.search(r"^Shell command: (.*)$", block, re.M).group(1)
-        jobs[name] = {"cmd": LOG_SUFFIX.sub("", command), "wildcards": wildcards,
+        jobs[name] = {"cmd": LOG_SUFFIX.sub("", command.removeprefix(STOP_TRAP)), "wildcards": wildcards,
                       "inputs": set(fields.get("input", "").split(", ")) - {""},
                       "outputs": {o.removesuffix(" (update)") for o in fields["output"].split(", ")}}
     return jobs
@@ -155,7 +158,8 @@ def test_training_jobs_ask_slurm_for_what_params_say(tmp_path):
     resources = train_resources(project)
     assert resources["nodes"] == "1"  # eight GPUs of one node, not spread over several
     assert resources["gpu"] == "8" and resources["cpus_per_gpu"] == "8" and resources["cpus_per_task"] == "0"
-    assert resources["mem_mb"] == "256000" and resources["runtime"] == "4320"
+    assert resources["mem_mb"] == "256000" and resources["runtime"] == "1440"
+    assert resources["slurm_extra"] == "--signal=TERM@600"  # SIGTERM 10 minutes before the limit
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["profiles"]["coco"]["cluster"]["train"]["nodes"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -493,6 +497,59 @@ def test_snakemake_runs_the_pipeline_through_slurm(slurm_cluster, dvc_project, t
     for name in EXPECTED_OUTPUTS:
         assert (project / name).stat().st_size > 0, name
     assert result_numbers(project) == result_numbers(dvc_project)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_signalled_training_job_is_resubmitted_and_resumes_to_the_uninterrupted_weights(slurm_cluster, tmp_path):
+    """SIGTERM to a training job on SLURM (what `--signal=TERM@N` sends N seconds before its
+    time limit, and preemption): the job checkpoints after its iteration and fails with 75,
+    Snakemake (the profile's retries) submits it again, and the new job resumes and finishes
+    with the weights of an uninterrupted run (the same 1 thread, trained here with `pep train`)."""
+    from pep.engine import checkpoint
+
+    project = copy_project(tmp_path / "slurm")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(epochs=12, checkpoint_every_iters=1000)  # 48 iterations; no checkpoint but the stop's
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    reference = tmp_path / "reference"
+    shutil.copytree(project, reference)
+    run_dir = Path("runs/baseline/seed0")
+
+    log = tmp_path / "snakemake.log"
+    snakemake = start_snakemake_on_slurm(project, [str(run_dir)], timeout=600, log=log)
+    sh(BIN / "pep", "data", "prepare", "--quiet", cwd=reference)
+    sh(BIN / "pep", "train", "--variant", "baseline", "--seed", "0", "--no-tracking", cwd=reference, threads=1)
+    try:
+        train_log = project / run_dir / checkpoint.LOG
+        deadline = time.monotonic() + 400
+        while snakemake.poll() is None and time.monotonic() < deadline and \
+                len(train_log.read_text().splitlines() if train_log.exists() else []) < 5:
+            time.sleep(0.2)
+        (first,) = [line.split()[0] for line in sh("squeue", "-h", "-o", "%i %k", cwd=project).stdout.splitlines()
+                    if "rule_train" in line]
+        done_before = len(train_log.read_text().splitlines())
+        sh("scancel", "--signal=TERM", first, cwd=project)  # the job's steps, as --signal does
+        snakemake.wait(timeout=600)
+    finally:
+        if snakemake.poll() is None:
+            snakemake.send_signal(signal.SIGINT)
+            snakemake.wait(timeout=60)
+    output = log.read_text()
+    assert snakemake.returncode == 0, output[-4000:]
+    jobs = job_ids_in(output)
+    assert first in jobs and len(jobs) == 4, output[-4000:]  # data, validate@train, train twice
+    second = jobs[-1]
+    assert job_info(first)["JobState"] == "FAILED" and job_info(second)["JobState"] == "COMPLETED"
+    logs = {j: next((project / ".snakemake" / "slurm_logs").rglob(f"{j}.log")).read_text() for j in (first, second)}
+    stopped = re.search(r"stopped by SIGTERM after iteration (\d+) of 48", logs[first])
+    assert stopped, logs[first][-3000:]
+    iteration = int(stopped.group(1))
+    assert done_before <= iteration < 48  # the iteration under way was finished: no work lost
+    assert f"resuming baseline seed 0 from ckpt_{iteration:08d}.pt (iteration {iteration} of 48)" in logs[second]
+    ours = torch.load(project / run_dir / "model_final.pt", weights_only=True)["model"]
+    theirs = torch.load(reference / run_dir / "model_final.pt", weights_only=True)["model"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 # -- the paper's profile on real COCO images -----------------------------------------------------

@@ -27,6 +27,7 @@ from pep.config import run_dir as default_run_dir
 from pep.data.coco import Collate, build_dataset
 from pep.engine import checkpoint
 from pep.engine.data import GlobalBatchSampler, SeededSamples
+from pep.engine.preemption import Preempted, StopRequest, ignore_stop_signals, signal_name
 from pep.engine.schedule import lr_factor
 from pep.errors import PepError
 from pep.jsonfile import check_writable
@@ -124,6 +125,7 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
                         num_workers=cfg["data"]["num_workers"],
                         collate_fn=Collate(cfg["data"]["input"]["size_divisibility"]),
                         pin_memory=ctx.device.type == "cuda",
+                        worker_init_fn=ignore_stop_signals if cfg["data"]["num_workers"] else None,
                         generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
     log_file = out_dir / checkpoint.LOG
     if ctx.is_main:
@@ -137,56 +139,67 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
                            device=ctx.device, enabled=ctx.is_main)
     window_t, window_images, it = time.perf_counter(), 0, start
     run_started = time.perf_counter()
-    for it, (images, targets) in enumerate(loader, start=start):
-        images = images.to(ctx.device, non_blocking=True)
-        targets = [_to_device(t, ctx.device) for t in targets]
-        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise PepError(f"training diverged: the loss is {loss.item()} at iteration {it} "
-                           f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
-                           f"lower train.lr or raise train.warmup_iters, then rerun (it resumes "
-                           f"from the last checkpoint in {out_dir})")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if tc["clip_grad_norm"] > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(core.parameters(), tc["clip_grad_norm"])
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        batch_images = images.shape[0] * ctx.world_size
-        window_images += batch_images
-        done = it + 1
-        line = None
+    with StopRequest() as stop:  # SIGTERM, SIGUSR1: stop after the iteration (pep.engine.preemption)
+        for it, (images, targets) in enumerate(loader, start=start):
+            images = images.to(ctx.device, non_blocking=True)
+            targets = [_to_device(t, ctx.device) for t in targets]
+            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
+                losses = model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise PepError(f"training diverged: the loss is {loss.item()} at iteration {it} "
+                               f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
+                               f"lower train.lr or raise train.warmup_iters, then rerun (it resumes "
+                               f"from the last checkpoint in {out_dir})")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc["clip_grad_norm"] > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(core.parameters(), tc["clip_grad_norm"])
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            batch_images = images.shape[0] * ctx.world_size
+            window_images += batch_images
+            done = it + 1
+            line = None
 
-        if done % tc["log_every_iters"] == 0 or done == total:
-            now = time.perf_counter()
-            values = distributed.reduce_mean({k: float(v.detach()) for k, v in losses.items()}, ctx.device)
-            record = {"iteration": done, "epoch": done / iters_per_epoch, "loss": sum(values.values()),
-                      **values, "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": window_images / max(now - window_t, 1e-9)}
-            if ctx.device.type == "cuda":
-                record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
-            window_t, window_images = now, 0
-            line = {"losses": values, "lr": record["lr"]}  # what a progress line shows, if one is due
-            if ctx.is_main:
-                progress.postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                                 img_s=f"{record['images_per_s']:.1f}")
-                with open(log_file, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                if tracker is not None:
-                    tracker.log_metrics({k: v for k, v in record.items() if k != "iteration"}, step=done)
-        if done % tc["checkpoint_every_iters"] == 0 or done == total:
-            _save(out_dir, done, core, optimizer, scheduler, scaler, ctx,
-                  elapsed_before + time.perf_counter() - run_started, run_hash)
-        if progress.due(done):  # only then are the losses read (a GPU sync); rank 0's own between log steps
-            line = line or {"losses": {k: float(v.detach()) for k, v in losses.items()},
-                            "lr": optimizer.param_groups[0]["lr"]}
-            progress.update(done, batch_images, epoch=done / iters_per_epoch, **line)
-        else:
-            progress.update(done, batch_images)
+            if done % tc["log_every_iters"] == 0 or done == total:
+                now = time.perf_counter()
+                values = distributed.reduce_mean({k: float(v.detach()) for k, v in losses.items()}, ctx.device)
+                record = {"iteration": done, "epoch": done / iters_per_epoch, "loss": sum(values.values()),
+                          **values, "lr": optimizer.param_groups[0]["lr"],
+                          "images_per_s": window_images / max(now - window_t, 1e-9)}
+                if ctx.device.type == "cuda":
+                    record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+                window_t, window_images = now, 0
+                line = {"losses": values, "lr": record["lr"]}  # what a progress line shows, if one is due
+                if ctx.is_main:
+                    progress.postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                     img_s=f"{record['images_per_s']:.1f}")
+                    with open(log_file, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if tracker is not None:
+                        tracker.log_metrics({k: v for k, v in record.items() if k != "iteration"}, step=done)
+            if done % tc["checkpoint_every_iters"] == 0 or done == total:
+                _save(out_dir, done, core, optimizer, scheduler, scaler, ctx,
+                      elapsed_before + time.perf_counter() - run_started, run_hash)
+            if progress.due(done):  # only then are the losses read (a GPU sync); rank 0's own between log steps
+                line = line or {"losses": {k: float(v.detach()) for k, v in losses.items()},
+                                "lr": optimizer.param_groups[0]["lr"]}
+                progress.update(done, batch_images, epoch=done / iters_per_epoch, **line)
+            else:
+                progress.update(done, batch_images)
+            # a stop signal (the scheduler's time limit, preemption): this iteration is done;
+            # every rank stops here, after one checkpoint, and the rerun resumes from it
+            if done < total and (signum := stop.agreed(ctx.device)) is not None:
+                if done % tc["checkpoint_every_iters"] != 0:
+                    _save(out_dir, done, core, optimizer, scheduler, scaler, ctx,
+                          elapsed_before + time.perf_counter() - run_started, run_hash)
+                progress.close()
+                raise Preempted(f"training {variant} seed {seed} stopped by {signal_name(signum)} after "
+                                f"iteration {done} of {total}; its checkpoint is "
+                                f"{checkpoint.checkpoint_path(out_dir, done)}: the same command resumes it")
     progress.close()
 
     train_time = elapsed_before + time.perf_counter() - run_started

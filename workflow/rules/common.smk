@@ -37,3 +37,9 @@ def cpus_per_task(job):
     """CPUs of a job without GPUs; 0 ("not set") for a GPU job, whose CPUs come from
     cpus_per_gpu (the slurm plugin lets a set cpus_per_task win over cpus_per_gpu)."""
     return cluster(job, "cpus") if cluster(job, "gpus") == 0 else 0
+
+
+def stop_signal(job):
+    """sbatch's warning ahead of the time limit: SIGTERM, on which training checkpoints and
+    exits 75 for Snakemake's retries to resubmit it (pep.engine.preemption)."""
+    return f"--signal=TERM@{EFFECTIVE['cluster'][job].get('stop_before_limit_s', 300)}"

@@ -26,7 +26,12 @@ rule train:
         cpus_per_task=cpus_per_task("train"),
         mem_mb=cluster("train", "mem_mb"),
         runtime=cluster("train", "runtime_min"),
+        # a set-resources `train: slurm_extra` of the slurm profile replaces this: keep it there
+        slurm_extra=stop_signal("train"),
     log:
         "logs/train/{variant}-seed{seed}.log",
     shell:
+        # SLURM signals every process of the job step: the shell and tee ignore the stop signals
+        # (and so outlive pep), which stops after its iteration, checkpoints and exits 75
+        "trap '' TERM USR1; "
         "pep train --variant {wildcards.variant} --seed {wildcards.seed} 2>&1 | tee {log}"
