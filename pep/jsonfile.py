@@ -95,9 +95,14 @@ def check_writable(folder: str | Path, command: str) -> None:
     access() says yes to root on a read-only mount."""
     folder = Path(folder)
     try:
+        before = folder.stat() if folder.is_dir() else None
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".pep-write-test-"):
             pass
+        if before is not None:
+            # the test write leaves no trace: Snakemake dates a folder output by its mtime, and a
+            # command refused after this check (a smoke run on a trained model) changed nothing
+            os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
     except OSError as exc:
         raise PepError(f"{folder}: {command} cannot write its outputs here ({exc.strerror or exc}); "
                        "fix the folder's permissions or free space, then run it again") from None

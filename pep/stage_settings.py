@@ -1,8 +1,11 @@
 """What each stage's result depends on: the profile-resolved settings, one file per job.
 
 dvc.yaml and the Snakefile do not list params.yaml keys. Each job depends instead on its own
-file under `settings/` (e.g. `settings/train-pep-seed0.json`), holding exactly the effective
-settings (the chosen profile merged in) that can change that job's result. `pep settings`
+file under `settings/` (e.g. `settings/train-pep.json`), holding exactly the effective
+settings (the chosen profile merged in) that can change that job's result. The seeds of a
+variant share one training file (the seed is in the job's command and output path), so a seed
+added to `train.seeds` finds its file already there: `dvc status` and `dvc repro --dry` name
+its jobs before any `pep settings`, and a removed seed leaves no file behind. `pep settings`
 writes them, and rewrites a file only when its content changes, so its modification time moves
 only then: DVC (by hash) and Snakemake (by time) see the same change and rerun the same jobs.
 What cannot change a result (SLURM resources, loader workers, logging, checkpoint cadence,
@@ -15,9 +18,14 @@ is read, so `snakemake -n` already sees the change.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+import yaml
 
 from pep.config import VARIANTS, output_path
 from pep.jsonfile import write_text_atomic
@@ -92,19 +100,16 @@ def _assignment(cfg: dict) -> dict:
                        "model.levels", "model.perceive.center_radius"))
 
 
-def train_settings(cfg: dict, variant: str, seed: int | None) -> dict:
-    """What a trained model comes from; without a seed, what every seed of a variant shares
-    (pep.tracking.params_hash, which tells whether a checkpoint may be resumed)."""
+def train_settings(cfg: dict, variant: str) -> dict:
+    """What a variant's trained models come from, every seed's alike (the seed is in the
+    job's command; pep.tracking.params_hash, which tells whether a checkpoint may be resumed)."""
     model = _without(cfg["model"], INFERENCE_ONLY + _absent_modules(cfg, variant), "model")
     train = _without(cfg["train"], NEVER, "train")
     train.pop("seeds")
     variant_cfg = {k: v for k, v in cfg["variants"][variant].items() if k != "dedup"}
-    out = {**_data_files(cfg, "train"), **_pick(cfg, ("data.train_skip_empty",)),
-           "data.input": {k: v for k, v in cfg["data"]["input"].items() if k != "test_min_size"},
-           "model": model, f"variants.{variant}": variant_cfg, "train": train}
-    if seed is not None:
-        out["seed"] = seed
-    return out
+    return {**_data_files(cfg, "train"), **_pick(cfg, ("data.train_skip_empty",)),
+            "data.input": {k: v for k, v in cfg["data"]["input"].items() if k != "test_min_size"},
+            "model": model, f"variants.{variant}": variant_cfg, "train": train}
 
 
 def _absent_modules(cfg: dict, variant: str) -> tuple[str, ...]:
@@ -148,8 +153,9 @@ def report_settings(cfg: dict) -> dict:
     return out
 
 
-def train_file(variant: str, seed: int) -> str:
-    return f"{FOLDER}/train-{variant}-seed{seed}.json"
+def train_file(variant: str) -> str:
+    """The settings file of every training job of a variant, whatever its seed."""
+    return f"{FOLDER}/train-{variant}.json"
 
 
 def stage_files(cfg: dict) -> Iterator[tuple[str, dict]]:
@@ -158,8 +164,7 @@ def stage_files(cfg: dict) -> Iterator[tuple[str, dict]]:
     for split in SPLITS:
         yield f"{FOLDER}/validate-{split}.json", validate_settings(cfg, split)
     for variant in VARIANTS:
-        for seed in cfg["train"]["seeds"]:
-            yield train_file(variant, seed), train_settings(cfg, variant, seed)
+        yield train_file(variant), train_settings(cfg, variant)
         yield f"{FOLDER}/evaluate-{variant}.json", evaluate_settings(cfg, variant)
         yield f"{FOLDER}/mechanisms-{variant}.json", mechanisms_settings(cfg, variant)
         yield f"{FOLDER}/predict-{variant}.json", predict_settings(cfg, variant)
@@ -183,16 +188,90 @@ def _changed(cfg: dict) -> Iterator[tuple[str, Path, str]]:
         yield name, path, text
 
 
+def _orphans(cfg: dict) -> list[Path]:
+    """Settings files that no job of the pipeline reads any more (a variant's file of an older
+    layout, say): left behind they would look current."""
+    folder = output_path(cfg, FOLDER)
+    wanted = {output_path(cfg, name) for name, _ in stage_files(cfg)}
+    return sorted(p for p in folder.glob("*.json") if p not in wanted) if folder.is_dir() else []
+
+
 def refresh(cfg: dict) -> list[Path]:
-    """Write every job's settings file whose content differs; the files written."""
+    """Write every job's settings file whose content differs and remove those no job reads;
+    the files written. A file whose new content is what dvc.lock records for it gets back the
+    time it had with that content (`_time_of_locked_content`)."""
     written = []
-    for _, path, text in _changed(cfg):
+    times = _read_times(cfg)
+    locked = _locked_md5(cfg)
+    for name, path, text in _changed(cfg):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)
+        _time_of_locked_content(name, path, text, times, locked)
         written.append(path)
+    for name, _ in stage_files(cfg):
+        path = output_path(cfg, name)
+        if path.is_file():  # what each content's time is, for a later return to it
+            times.setdefault(name, {}).setdefault(_digest(path.read_bytes()), path.stat().st_mtime_ns)
+    for path in _orphans(cfg):
+        path.unlink(missing_ok=True)
+    _write_times(cfg, times)
     return written
 
 
+# A setting changed and changed back: DVC compares hashes and reruns nothing; Snakemake compares
+# times, and in a workspace that DVC built (where Snakemake has recorded no checksums of its
+# own) it would rerun every job the rewritten file feeds. So a settings file whose content
+# returns to what dvc.lock records for every stage that reads it, gets back the time it had
+# when it last held that content: older than those stages' outputs, which DVC made from it.
+TIMES = ".pep/settings_times.json"  # per file, content digest -> modification time (ns)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()  # what dvc.lock records of a file (md5)
+
+
+def _time_of_locked_content(name: str, path: Path, text: str, times: dict, locked: dict) -> None:
+    digest = _digest(text.encode("utf-8"))
+    recorded = times.get(name, {}).get(digest)
+    if recorded is not None and locked.get(name) == {digest}:
+        os.utime(path, ns=(time.time_ns(), recorded))
+    else:
+        times.setdefault(name, {})[digest] = path.stat().st_mtime_ns
+
+
+def _locked_md5(cfg: dict) -> dict[str, set[str]]:
+    """For each settings file, the md5s that dvc.lock records for it (one per stage reading it);
+    empty without a dvc.lock."""
+    lock = output_path(cfg, "dvc.lock")
+    try:
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, set[str]] = {}
+    for stage in stages.values():
+        for dep in stage.get("deps", []) if isinstance(stage, dict) else []:
+            if str(dep.get("path", "")).startswith(f"{FOLDER}/") and "md5" in dep:
+                out.setdefault(dep["path"], set()).add(dep["md5"])
+    return out
+
+
+def _read_times(cfg: dict) -> dict:
+    try:
+        return json.loads(output_path(cfg, TIMES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_times(cfg: dict, times: dict) -> None:
+    path = output_path(cfg, TIMES)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(times, sort_keys=True) + "\n")
+    except OSError:  # a read-only checkout: only the return to an old content loses its time
+        pass
+
+
 def stale(cfg: dict) -> list[str]:
-    """Settings files that `refresh` would write."""
-    return [name for name, _, _ in _changed(cfg)]
+    """Settings files that `refresh` would write or remove."""
+    return [name for name, _, _ in _changed(cfg)] + \
+        [f"{FOLDER}/{p.name} (no job reads it)" for p in _orphans(cfg)]

@@ -81,8 +81,8 @@ def params_hash(cfg: dict, variant: str | None = None) -> str:
     variant's training settings, pep.stage_settings, without the seed); without a variant, any
     variant's. Editing one variant leaves the others' runs (and checkpoints) valid; adding a
     seed or changing an inference rule leaves every run valid."""
-    effective = train_settings(cfg, variant, None) if variant is not None else \
-        {name: train_settings(cfg, name, None) for name in VARIANTS}
+    effective = train_settings(cfg, variant) if variant is not None else \
+        {name: train_settings(cfg, name) for name in VARIANTS}
     canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 

@@ -40,7 +40,7 @@ def changed_by(key: str, value, profile: str = "default") -> set[str]:
             for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
 
 
-TRAIN = {f"train-{v}-seed0" for v in VARIANTS}
+TRAIN = {f"train-{v}" for v in VARIANTS}
 EVALUATE = {f"evaluate-{v}" for v in VARIANTS}
 PREDICT = {f"predict-{v}" for v in VARIANTS}
 MECHANISMS = {f"mechanisms-{v}" for v in VARIANTS}
@@ -86,7 +86,7 @@ def test_each_setting_reaches_the_jobs_it_can_change():
 
 def test_a_variants_settings_reach_its_own_jobs_alone():
     assert changed_by("variants.purify", {"excavate": True, "purify": True, "dedup": "purify_merge"}) == \
-        {"train-purify-seed0", "evaluate-purify", "mechanisms-purify", "predict-purify", "reports"}
+        {"train-purify", "evaluate-purify", "mechanisms-purify", "predict-purify", "reports"}
     assert changed_by("variants.purify", {"excavate": False, "purify": True, "dedup": "matrix_nms"}) == \
         {"evaluate-purify", "mechanisms-purify", "predict-purify", "reports"}  # de-duplication is inference
 
@@ -95,15 +95,29 @@ def test_a_modules_settings_reach_the_variants_that_have_it_alone():
     with_excavating = {v for v in VARIANTS if RAW["variants"][v]["excavate"]}
     with_purifying = {v for v in VARIANTS if RAW["variants"][v]["purify"]}
     assert changed_by("model.excavate.detach_inputs", not RAW["model"]["excavate"]["detach_inputs"]) == \
-        {f"train-{v}-seed0" for v in with_excavating} | {"reports"}
+        {f"train-{v}" for v in with_excavating} | {"reports"}
     assert changed_by("model.purify.join_mask_iou", 0.5) == \
         {f"{job}-{v}" for job in ("evaluate", "mechanisms", "predict") for v in with_purifying} | {"reports"}
 
 
 def test_a_new_seed_leaves_the_trained_seeds_alone():
-    assert changed_by("train.seeds", [0, 1]) == {f"train-{v}-seed1" for v in VARIANTS} | SCORING | {"reports"}
-    assert changed_by("train.seeds", [3]) == {f"train-{v}-seed{s}" for v in VARIANTS for s in (0, 3)} \
-        | SCORING | {"reports"}  # the first seed makes the submission
+    # the seeds of a variant share its training file: a new seed's job finds it already there
+    # (DVC dry runs need every dependency on disk), and no training file changes
+    assert changed_by("train.seeds", [0, 1]) == SCORING | {"reports"}
+    assert changed_by("train.seeds", [3]) == SCORING | {"reports"}  # the first seed makes the submission
+
+
+def test_refresh_removes_the_files_no_job_reads(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(RAW, sort_keys=False))
+    stage_settings.refresh(load_params(params))
+    old_layout = tmp_path / "settings" / "train-pep-seed1.json"  # per-seed files of an older layout
+    old_layout.write_text("{}")
+    assert stage_settings.stale(load_params(params)) == ["settings/train-pep-seed1.json (no job reads it)"]
+    assert stage_settings.refresh(load_params(params)) == []
+    assert not old_layout.exists()
+    assert {p.name for p in (tmp_path / "settings").iterdir()} == \
+        {Path(name).name for name, _ in stage_settings.stage_files(load_params(params))}
 
 
 def test_every_setting_of_params_yaml_is_placed():

@@ -129,7 +129,7 @@ def test_dvc_yaml_and_snakefile_describe_one_dag(tmp_path):
         assert not stage["params"], f"{name}: depends on params.yaml keys {stage['params']}"
         own = {i for i in stage["inputs"] if i.startswith("settings/")}
         assert len(own) == 1 and (project / next(iter(own))).is_file(), f"{name}: settings files {own}"
-    assert dvc["train@pep-1"]["inputs"] >= {"settings/train-pep-seed1.json"}
+    assert dvc["train@pep-1"]["inputs"] >= {"settings/train-pep.json"}
     assert {"runs/pep/seed0", "runs/pep/seed1"} <= dvc["evaluate@pep"]["inputs"]
     # the first seed's model submits; every seed is scored on test-dev where it can be
     assert {"runs/pep/seed0", "runs/pep/seed1"} <= dvc["predict@pep"]["inputs"]
@@ -214,7 +214,7 @@ def copy_project(dest: Path, overrides: dict | None = None) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(**(overrides or {})), sort_keys=False))
-    (dest / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/.snakemake/\n/logs/\n__pycache__/\n")
+    (dest / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/.snakemake/\n/logs/\n/.pep/\n__pycache__/\n")
     sh("git", "init", "-q", cwd=dest)
     sh(BIN / "dvc", "init", "-q", cwd=dest)
     sh(BIN / "dvc", "config", "core.analytics", "false", cwd=dest)
@@ -429,6 +429,56 @@ def test_dvc_and_snakemake_rerun_the_same_jobs_and_only_where_a_result_can_chang
                                                                                "Missing output files"))}
         assert direct <= listed, f"{key}: snakemake {sorted(direct)}, dvc {sorted(listed)}"
         assert set(plan) == downstream(dvc_stages(project), listed), f"{key}: {plan}"
+
+
+@pytest.mark.slow
+def test_a_seed_added_or_removed_is_seen_by_dvc_before_any_pep_settings(dvc_project, tmp_path):
+    """No `pep settings` first: the new seed's jobs find their settings file already there."""
+    project = tmp_path / "project"
+    shutil.copytree(dvc_project, project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["seeds"] = [0, 1]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    new_seed = {f"train@{v}-1" for v in VARIANTS}
+    assert dvc_status(project) == {"settings"} | new_seed
+    dry = sh(BIN / "dvc", "repro", "--dry", cwd=project).stdout
+    assert set(re.findall(r"Running stage '([^']+)'", dry)) == {"settings"} | new_seed, dry
+    before = {p.name for p in (project / "settings").iterdir()}
+    sh(BIN / "pep", "settings", cwd=project)
+    params["train"]["seeds"] = [0]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(BIN / "pep", "settings", cwd=project)
+    assert {p.name for p in (project / "settings").iterdir()} == before  # no file of seed 1 left
+    assert dvc_status(project) == set()
+
+
+@pytest.mark.slow
+def test_one_workspace_two_tools_agree_after_a_refused_smoke_run_a_reverted_change_and_a_touch(
+        dvc_project, tmp_path):
+    """In the workspace that DVC built, the moves that made the tools disagree: a smoke run that
+    is refused (it left the run folder's time changed), a setting changed and changed back
+    (Snakemake compares times, DVC hashes), `snakemake --touch` (Snakemake's time stamp inside
+    DVC's folder outputs). After each, neither tool reruns anything."""
+    project = tmp_path / "project"
+    shutil.copytree(dvc_project, project, symlinks=True)  # times kept: Snakemake compares them
+    refused = sh(BIN / "pep", "train", "--variant", "baseline", "--max-iters", "2", "--no-tracking", cwd=project,
+                 check=False)
+    assert refused.returncode == 2 and "a smoke run (--max-iters) would replace it" in refused.stderr
+    assert snakemake_plan(project) == {} and dvc_status(project) == set()
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for resamples in (30, params["evaluate"]["bootstrap"]["resamples"]):
+        params["evaluate"]["bootstrap"]["resamples"] = resamples
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        plan = snakemake_plan(project)  # reading the Snakefile refreshes settings/
+        if resamples == 30:
+            assert {f"evaluate@{v}" for v in VARIANTS} <= set(plan), plan
+    assert plan == {}, f"a reverted setting reruns {sorted(plan)}"
+    assert dvc_status(project) == set()
+
+    sh(BIN / "snakemake", "--touch", "--forceall", "--cores", "1", cwd=project)
+    assert list(project.glob("results/*/.snakemake_timestamp"))  # inside DVC's folder outputs
+    assert dvc_status(project) == set() and snakemake_plan(project) == {}
 
 
 @pytest.mark.slow

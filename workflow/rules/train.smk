@@ -4,7 +4,7 @@ rule train:
         # both profiles), so that the rerun resumes from the last checkpoint
         update(directory("runs/{variant}/seed{seed}")),
     input:
-        "settings/train-{variant}-seed{seed}.json",
+        "settings/train-{variant}.json",  # every seed's
         DATA,
         "reports/data/validate_train.json",
         "pep/data/coco.py",
