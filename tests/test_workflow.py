@@ -332,6 +332,8 @@ def test_the_report_page_renders_in_chromium_with_every_image(dvc_project, tmp_p
         assert (page.parent / href).is_file(), href
     tables = "\n".join(shown["tables"])
     assert all(variant in tables for variant in VARIANTS) and "PEP (paper)" in tables and "BoundaryFormer" in tables
+    # the ablation's and the mechanism report's own columns: both tables are on the page itself
+    assert "GFLOPs/img" in tables and "misses recovered (%)" in tables and "AP no mining" in tables, tables[:2000]
 
     # the check sees a broken image: the same page with one figure gone
     broken = tmp_path / "broken"

@@ -12,14 +12,14 @@ resumes from that checkpoint, as after a crash (pep.engine.checkpoint), and ends
 weights an uninterrupted run has; Snakemake's `retries` (the slurm profile) runs it again.
 
 What runs around the training processes must let them finish: the Snakemake rule's shell
-ignores both signals (so does `tee`, which it pipes the log through); data loader workers ignore
-them (`ignore_stop_signals`, their worker_init_fn); `pep train`'s own launcher of torchrun passes
-them on to the workers (pep.distributed.launch).
+ignores both signals (so does `tee`, which it pipes the log through); data loader workers
+outlive them (`serve_through_stop_signals`, their worker_init_fn); `pep train`'s own launcher of
+torchrun passes them on to the workers (pep.distributed.launch).
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import signal
 import threading
 
@@ -27,8 +27,6 @@ import torch
 
 from pep import distributed
 from pep.errors import PepError
-
-log = logging.getLogger(__name__)
 
 RESUME_EXIT_CODE = distributed.RESUME_EXIT_CODE  # 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -81,8 +79,22 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """For processes that serve training (data loader workers): the signal is for the training
-    loop, which stops after its iteration; a worker that died of it would fail that iteration."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+def serve_through_stop_signals(worker_id: int | None = None) -> None:
+    """A data loader worker's worker_init_fn: the worker outlives the stop signal, which is for
+    the training loop (a worker that died of it would fail the iteration that the loop finishes).
+
+    SLURM signals every process of the job, workers included. But SIGTERM is also how the data
+    loader ends workers that linger at shutdown (multiprocessing's terminate, then join), so a
+    worker that ignored it outright would hang its parent's exit, as after an error in a worker.
+    The two are told apart by the sender, as torch's own worker handler does: the signal is
+    blocked and a thread waits for it, exiting when the parent sent it and ignoring it otherwise.
+    """
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the thread below inherits the mask
+    threading.Thread(target=_exit_on_the_parents_sigterm, name="pep-sigterm", daemon=True).start()
+
+
+def _exit_on_the_parents_sigterm() -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+            os._exit(0)

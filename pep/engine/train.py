@@ -27,7 +27,7 @@ from pep.config import run_dir as default_run_dir
 from pep.data.coco import Collate, build_dataset
 from pep.engine import checkpoint
 from pep.engine.data import GlobalBatchSampler, SeededSamples
-from pep.engine.preemption import Preempted, StopRequest, ignore_stop_signals, signal_name
+from pep.engine.preemption import Preempted, StopRequest, serve_through_stop_signals, signal_name
 from pep.engine.schedule import lr_factor
 from pep.errors import PepError
 from pep.jsonfile import check_writable
@@ -125,7 +125,7 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
                         num_workers=cfg["data"]["num_workers"],
                         collate_fn=Collate(cfg["data"]["input"]["size_divisibility"]),
                         pin_memory=ctx.device.type == "cuda",
-                        worker_init_fn=ignore_stop_signals if cfg["data"]["num_workers"] else None,
+                        worker_init_fn=serve_through_stop_signals if cfg["data"]["num_workers"] else None,
                         generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
     log_file = out_dir / checkpoint.LOG
     if ctx.is_main:
