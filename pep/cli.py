@@ -15,9 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from pep.config import load_params, resolve_data_path
+from pep.config import VARIANTS, chosen_seeds, load_params
 from pep.errors import PepError
-from pep.jsonfile import StagedOutputs
 
 log = logging.getLogger("pep")
 
@@ -27,6 +26,9 @@ def _add_params_arg(parser: argparse.ArgumentParser) -> None:
                         help="parameter file (default: ./params.yaml)")
 
 
+# Each command hands its arguments to the module that owns the work; that function prints the
+# outcome and returns the exit status. Modules are imported on use: `pep params` stays quick.
+
 def cmd_params(args: argparse.Namespace) -> int:
     cfg = load_params(args.params, profile=args.profile)
     cfg.pop("params_file")
@@ -35,269 +37,94 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    from pep import stage_settings
+    from pep.stage_settings import settings_command
 
-    cfg = load_params(args.params)
-    if args.check:
-        stale = stage_settings.stale(cfg)
-        for name in stale:
-            print(f"pep: {name} is out of date with {args.params}; run `pep settings`", file=sys.stderr)
-        return 1 if stale else 0
-    written = stage_settings.refresh(cfg)
-    names = ", ".join(p.name for p in written) if written else "none: every job's settings are unchanged"
-    print(f"profile {cfg['profile']}: settings rewritten: {names}")
-    return 0
+    return settings_command(load_params(args.params), args.check)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from pep.data.synth import generate
+    from pep.data.synth import synth_command
 
-    cfg = load_params(args.params)
-    out = args.out or resolve_data_path(cfg, "root")
-    summary = generate(cfg["data"]["synth"], out, progress=not args.quiet)
-    print(f"wrote {sum(summary['images'].values())} images and "
-          f"{sum(summary['annotations'].values())} annotations to {summary['root']} "
-          f"in {summary['seconds']:.1f} s "
-          f"(train/val/test-dev images: {summary['images']['train']}/{summary['images']['val']}/"
-          f"{summary['images']['test-dev']})")
-    return 0
+    return synth_command(load_params(args.params), args.out, progress=not args.quiet)
 
 
 def cmd_data_coco(args: argparse.Namespace) -> int:
-    from pep.data.download import download_for_params, human_size
+    from pep.data.download import coco_command
 
-    cfg = load_params(args.params, profile=args.profile)
-    download = cfg["data"]["download"]
-    names = args.files or download["files"]
-    source = cfg["data"]["source"]
-    if not names or (source == "synth" and not args.out):
-        raise PepError(f"profile '{cfg['profile']}' has data.source {source}"
-                       + (", which `pep data synth` generates" if source == "synth" else "")
-                       + (" and downloads nothing (data.download.files is empty)" if not names else "")
-                       + "; for COCO 2017 run `pep data coco --profile coco`, or name the archives "
-                         "with --files and the target folder with --out")
-    out = args.out or resolve_data_path(cfg, "root")
-    outcomes = download_for_params(cfg, out, names, args.mirror, args.keep_archives, progress=not args.quiet)
-    fetched = sum(o.downloaded for o in outcomes)
-    unpacked = sum(o.extracted for o in outcomes)
-    print(f"{out}: {len(outcomes)} archive(s) ready; downloaded {human_size(fetched)}, extracted "
-          f"{unpacked} archive(s)" + ("" if fetched or unpacked else " (all were already in place)"))
-    return 0
+    return coco_command(load_params(args.params, profile=args.profile), args.files, args.out, args.mirror,
+                        args.keep_archives, progress=not args.quiet)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from pep.data.prepare import prepare
+    from pep.data.prepare import prepare_command
 
-    cfg = load_params(args.params)
-    summary = prepare(cfg, progress=not args.quiet, mirror=args.mirror)
-    print(f"profile {cfg['profile']}: {summary['source']} data at {summary['root']}: {summary['done']}")
-    return 0
+    return prepare_command(load_params(args.params), args.mirror, progress=not args.quiet)
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from pep.data.validate import validate_dataset
+    from pep.data.report import validate_command
 
-    from pep.config import project_relative
-
-    if args.split:
-        if args.annotations or args.images:
-            raise PepError("give either --split or --annotations and --images, not both")
-        cfg = load_params(args.params)
-        annotations = resolve_data_path(cfg, f"{args.split}_annotations")
-        images = resolve_data_path(cfg, f"{args.split}_images")
-        show_path = lambda path: project_relative(cfg, path)  # noqa: E731
-    elif args.annotations and args.images:
-        annotations, images, show_path = args.annotations, args.images, str
-    else:
-        raise PepError("name the data set to check: --split train|val (paths from params), "
-                       "or --annotations FILE and --images FOLDER")
-    outputs = StagedOutputs([args.report], "`pep data validate --report`") if args.report else None
-    report = validate_dataset(annotations, images, check_images=not args.skip_image_check,
-                              progress=not args.quiet)
-    print(report.summary(max_examples=args.examples))
-    record = report.to_dict(show_path)
-    if args.split and report.trainable:
-        from pep.engine.mechanisms import hidden_instances
-
-        # the instances perceiving can have no descriptor of its own for: excavating's work
-        record["instances_without_own_cell"] = hidden = hidden_instances(cfg, args.split)
-        print(f"{hidden['without_own_cell']} of {hidden['instances']} instances ({100 * (hidden['share'] or 0):.1f}%) "
-              "own no grid cell (every cell of their centre region goes to a smaller instance)")
-    if outputs:
-        with outputs:
-            outputs.write_json(args.report, record)
-            outputs.publish()
-    return 0 if report.trainable else 1
+    return validate_command(args.params, args.split, args.annotations, args.images, args.report,
+                            args.examples, check_images=not args.skip_image_check, progress=not args.quiet)
 
 
-def _seeds(cfg: dict, seed: int | None) -> list[int]:
-    return [seed] if seed is not None else list(cfg["train"]["seeds"])
+def _trackers(cfg: dict, variant: str, tracking: bool):
+    """The MLflow runs a stage records into, one per seed (pep.tracking: the engine never
+    imports it); `enabled=False` (a rank other than 0) records nothing."""
+    from pep.tracking.runs import Tracker
+
+    return lambda seed, enabled=True: Tracker(cfg, variant, seed, enabled=tracking and enabled)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
-
-    from pep import distributed
-    from pep.config import run_dir
-    from pep.engine import checkpoint
-    from pep.engine.curves import plot_training_curves
-    from pep.engine.train import train
-    from pep.tracking import Tracker
+    from pep.engine.train import train_command
 
     cfg = load_params(args.params)
-    processes = distributed.processes_to_launch(cfg["train"])
-    if not distributed.under_launcher() and (plan := distributed.launch_plan(processes, args.argv)):
-        # One command for dvc, Snakemake and SLURM jobs: it starts torchrun itself (in a SLURM
-        # allocation of several nodes, one torchrun per node through srun; see pep.distributed).
-        return distributed.launch(plan)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    try:
-        for seed in _seeds(cfg, args.seed):
-            tracker = Tracker(cfg, args.variant, seed, enabled=main_rank and not args.no_tracking)
-            with tracker.start("train"):
-                summary = train(cfg, args.variant, seed, max_iters=args.max_iters, tracker=tracker)
-                if main_rank:
-                    folder = run_dir(cfg, args.variant, seed)
-                    curves = plot_training_curves(folder / "train_log.jsonl", folder / "training_curves.png",
-                                                  f"{args.variant}, seed {seed}")
-                    tracker.log_metrics({"train_time_s": summary["train_time_s"],
-                                         "images_seen": summary["images_seen"]})
-                    tracker.log_dict({k: v for k, v in cfg.items() if k != "params_file"}, "config.json")
-                    tracker.log_artifact(folder / "train_log.jsonl")
-                    tracker.log_artifact(curves)
-                    model_uri = _log_model(cfg, tracker, args.variant, seed, folder,
-                                           register=cfg["tracking"]["register_models"] and args.max_iters is None)
-                    print(f"trained {args.variant} seed {seed}: {summary['iterations']} iterations, "
-                          f"{summary['images_seen']} images in {summary['train_time_s']:.0f} s -> "
-                          f"{folder / 'model_final.pt'}" + (f" (MLflow: {model_uri})" if model_uri else ""))
-        if main_rank and args.max_iters is None:
-            # Every seed is done: the checkpoints have served (a crash in a later seed resumed the
-            # earlier ones at their end). Without them, the next run of this stage, which
-            # dvc or Snakemake start only when code or settings changed, trains afresh.
-            for seed in _seeds(cfg, args.seed):
-                checkpoint.remove_checkpoints(run_dir(cfg, args.variant, seed))
-    finally:
-        distributed.shutdown()
-    return 0
-
-
-def _log_model(cfg: dict, tracker, variant: str, seed: int, folder, register: bool) -> str | None:
-    """The trained model logged (and registered) in MLflow; its URI, None without tracking."""
-    from pep import mlflow_model
-    from pep.engine import checkpoint
-
-    if not tracker.enabled:
-        return None
-    final = folder / checkpoint.FINAL
-    described = mlflow_model.description(cfg, variant, seed, checkpoint.load(final))
-    return tracker.log_model(final, described, register=register)
-
-
-def _device(cfg: dict):
-    """Evaluation runs where training does (train.device: a GPU when there is one, for `auto`)."""
-    from pep.distributed import choose_device
-
-    return choose_device(cfg["train"]["device"])
-
-
-def _tracker_factory(cfg: dict, variant: str, enabled: bool):
-    from pep.tracking import Tracker
-
-    return lambda seed: Tracker(cfg, variant, seed, enabled=enabled)
+    return train_command(cfg, args.variant, chosen_seeds(cfg, args.seed), args.argv,
+                         _trackers(cfg, args.variant, not args.no_tracking), args.max_iters)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pep.engine.evaluate import evaluate_variant
+    from pep.engine.evaluate import evaluate_command
 
     cfg = load_params(args.params)
-    if args.split != "val":
-        raise PepError("`pep evaluate` scores the val split; test-dev has no public ground truth: "
-                       "use `pep predict --split test-dev`")
-    metrics = evaluate_variant(cfg, args.variant, _seeds(cfg, args.seed), device=_device(cfg),
-                               tracker_factory=_tracker_factory(cfg, args.variant, not args.no_tracking),
-                               progress=not args.quiet)
-    print(f"{args.variant} val: " + ", ".join(f"{k} {metrics[k]:.1f}" for k in
-                                               ("AP", "AP50", "AP75", "APs", "APm", "APl")))
-    return 0
+    return evaluate_command(cfg, args.variant, args.split, chosen_seeds(cfg, args.seed),
+                            tracker_factory=_trackers(cfg, args.variant, not args.no_tracking),
+                            progress=not args.quiet)
 
 
 def cmd_mechanisms(args: argparse.Namespace) -> int:
-    from pep.engine.mechanisms import mechanisms_variant
+    from pep.engine.mechanisms import mechanisms_command
 
     cfg = load_params(args.params)
-    per_seed = mechanisms_variant(cfg, args.variant, _seeds(cfg, args.seed), device=_device(cfg),
-                                  progress=not args.quiet)
-    for seed, record in per_seed.items():
-        rates = record["rates"]
-        print(f"{args.variant} seed {seed}: originals find {100 * rates['originals_recall']:.1f}% of the "
-              f"instances, detections {100 * rates['final_recall']:.1f}%; AP "
-              + ", ".join(f"{k} {v['AP']:.1f}" for k, v in record["ap"].items()))
-    return 0
+    return mechanisms_command(cfg, args.variant, chosen_seeds(cfg, args.seed), progress=not args.quiet)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pep.engine.sweep import format_summary, parse_options, sweep
+    from pep.engine.sweep import sweep_command
 
     cfg = load_params(args.params)
-    options = parse_options(args.set, args.variant)
-    table = sweep(cfg, args.variant, _seeds(cfg, args.seed), options, args.out, device=_device(cfg),
-                  progress=not args.quiet)
-    print(format_summary(table, list(options)))
-    print(f"every (combination, seed): {args.out}")
-    return 0
+    return sweep_command(cfg, args.variant, chosen_seeds(cfg, args.seed), args.set, args.out,
+                         progress=not args.quiet)
+
+
+def _mlflow_segmenter(cfg: dict, model_uri: str):
+    from pep.tracking.model import load_segmenter
+
+    return load_segmenter(cfg, model_uri)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     cfg = load_params(args.params)
     if args.images is not None or args.out is not None or args.model is not None:
-        return _predict_images(cfg, args)
-    from pep.engine.evaluate import predict_test_dev
+        from pep.engine.segment import predict_images_command
 
-    if args.variant is None:
-        raise PepError("`pep predict` needs --variant (the test-dev submission), or --images SOURCE... "
-                       "--out OUT with --variant or --model (your own images)")
-    summary = predict_test_dev(cfg, args.variant, _seeds(cfg, args.seed), device=_device(cfg),
-                               progress=not args.quiet)
-    line = f"{args.variant} test-dev: {summary['detections']} detections on {summary['images']} images -> {summary['submission']}"
-    if "metrics" in summary:
-        line += f" (scored locally: AP {summary['metrics']['AP']:.1f}" + (
-            f", mean of {len(summary['seeds'])} seeds)" if len(summary["seeds"]) > 1 else ")")
-    print(line)
-    return 0
+        return predict_images_command(cfg, args.images, args.out, args.variant, args.seed, args.model,
+                                      args.score_threshold, load_model=_mlflow_segmenter,
+                                      progress=not args.quiet)
+    from pep.engine.evaluate import predict_command
 
-
-def _predict_images(cfg: dict, args: argparse.Namespace) -> int:
-    """`pep predict --images SOURCE... --out OUT`: one's own images (folders, files, globs), segmented."""
-    from pep.engine.segment import segment_images
-
-    if args.images is None or args.out is None:
-        raise PepError("`pep predict --images SOURCE... --out OUT`: both are needed (SOURCE: a folder, "
-                       "an image file or a quoted glob such as 'photos/*.jpg')")
-    if (args.variant is None) == (args.model is None):
-        raise PepError("`pep predict --images`: give the model as either --variant V [--seed S] "
-                       "(from runs/) or --model URI (from MLflow), not both or neither")
-    if args.variant is not None:
-        from pep.engine.segment import Segmenter
-        from pep.engine.train import load_trained
-
-        seed = _seeds(cfg, args.seed)[0]
-        device = _device(cfg)
-        model, state = load_trained(cfg, args.variant, seed, device)
-        segmenter = Segmenter(model, cfg["data"]["input"], list(state["class_names"]), device)
-        source = f"{args.variant} seed {seed}"
-    else:
-        from pep.tracking import load_segmenter
-
-        segmenter = load_segmenter(cfg, args.model)
-        source = args.model
-    summary = segment_images(segmenter, args.images, args.out, args.score_threshold,
-                             progress=not args.quiet)
-    print(f"{source}: {summary['instances']} instances (score >= {args.score_threshold}) on "
-          f"{summary['images']} images -> {summary['results']}, {summary['overlays']}/")
-    for skipped in summary["skipped"]:
-        print(f"pep: skipped {skipped['path']}: not a readable image ({skipped['reason']})",
-              file=sys.stderr)
-    return 1 if summary["skipped"] else 0
+    return predict_command(cfg, args.variant, chosen_seeds(cfg, args.seed), progress=not args.quiet)
 
 
 def cmd_eval_results(args: argparse.Namespace) -> int:
@@ -308,44 +135,28 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pep.tracking import compare_runs, format_comparison
+    from pep.tracking.compare import compare_runs, format_comparison
 
     print(format_comparison(compare_runs(load_params(args.params))))
     return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    from pep.reports.figures import make_figures
+    from pep.reports.figures import figures_command
 
-    for path in make_figures(load_params(args.params), args.score_threshold, args.images):
-        print(f"wrote {path}")
-    return 0
+    return figures_command(load_params(args.params), args.score_threshold, args.images)
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from pep.reports.index import index_file, page_file, write_index
-    from pep.reports.tables import table_files, write_tables
+    from pep.reports.index import tables_command
 
-    cfg = load_params(args.params)
-    with StagedOutputs([*table_files(cfg), index_file(cfg), page_file(cfg)], "`pep tables`") as outputs:
-        tables = write_tables(cfg, outputs=outputs)
-        index = write_index(cfg, tables, outputs)
-        outputs.publish()
-    for table in tables.values():
-        print(f"wrote {table.name}.md/.tex/.csv ({len(table.cells)} rows)")
-    print(f"wrote {index} and {index.with_name('index.html')}")
-    return 0
+    return tables_command(load_params(args.params))
 
 
 def cmd_check_results(args: argparse.Namespace) -> int:
-    from pep.reports.check import EXPECTED_FILE, check_results, format_checks
+    from pep.reports.check import check_command
 
-    checks = check_results(load_params(args.params), args.expected or EXPECTED_FILE)
-    print(format_checks(checks))
-    drifted = [c for c in checks if not c.ok]
-    for check in drifted:
-        print(f"pep: drifted: {check.describe()}", file=sys.stderr)
-    return 1 if drifted else 0
+    return check_command(load_params(args.params), args.expected)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_validate)
 
-    variants = ("baseline", "excavate", "purify", "pep")
+    variants = VARIANTS
     p = sub.add_parser("train", help="train one variant (resumes from its newest checkpoint); "
                                      "torchrun runs it on several processes")
     _add_params_arg(p)

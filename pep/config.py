@@ -301,3 +301,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def chosen_seeds(cfg: dict, seed: int | None) -> list[int]:
+    """The seeds a stage command works on: the one named (--seed), else every seed of train.seeds."""
+    return [seed] if seed is not None else list(cfg["train"]["seeds"])

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -102,7 +103,7 @@ def _assignment(cfg: dict) -> dict:
 
 def train_settings(cfg: dict, variant: str) -> dict:
     """What a variant's trained models come from, every seed's alike (the seed is in the
-    job's command; pep.tracking.params_hash, which tells whether a checkpoint may be resumed)."""
+    job's command; `params_hash`, which tells whether a checkpoint may be resumed)."""
     model = _without(cfg["model"], INFERENCE_ONLY + _absent_modules(cfg, variant), "model")
     train = _without(cfg["train"], NEVER, "train")
     train.pop("seeds")
@@ -110,6 +111,25 @@ def train_settings(cfg: dict, variant: str) -> dict:
     return {**_data_files(cfg, "train"), **_pick(cfg, ("data.train_skip_empty",)),
             "data.input": {k: v for k, v in cfg["data"]["input"].items() if k != "test_min_size"},
             "model": model, f"variants.{variant}": variant_cfg, "train": train}
+
+
+def params_hash(cfg: dict, variant: str | None = None) -> str:
+    """12 hex chars that change when a parameter that shapes the trained model does (a
+    variant's `train_settings`, without the seed); without a variant, any variant's. Editing one
+    variant leaves the others' runs (and checkpoints) valid; adding a seed or changing an
+    inference rule leaves every run valid. Checkpoints (pep.engine.train) and MLflow runs
+    (pep.tracking) are told apart by it."""
+    effective = train_settings(cfg, variant) if variant is not None else \
+        {name: train_settings(cfg, name) for name in VARIANTS}
+    canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def model_settings(cfg: dict, variant: str) -> dict:
+    """The parameters that the network's shape and behaviour come from, as plain JSON values
+    (what torch.load(weights_only=True) reads back, and what compares equal after it): stored
+    in model_final.pt and in a logged MLflow model."""
+    return json.loads(json.dumps({"model": cfg["model"], f"variants.{variant}": cfg["variants"][variant]}))
 
 
 def _absent_modules(cfg: dict, variant: str) -> tuple[str, ...]:
@@ -275,3 +295,16 @@ def stale(cfg: dict) -> list[str]:
     """Settings files that `refresh` would write or remove."""
     return [name for name, _, _ in _changed(cfg)] + \
         [f"{FOLDER}/{p.name} (no job reads it)" for p in _orphans(cfg)]
+
+
+def settings_command(cfg: dict, check: bool) -> int:
+    """`pep settings [--check]`: rewrite the jobs' settings files, or (--check) name each stale one."""
+    if check:
+        out_of_date = stale(cfg)
+        for name in out_of_date:
+            print(f"pep: {name} is out of date with {cfg['params_file']}; run `pep settings`", file=sys.stderr)
+        return 1 if out_of_date else 0
+    written = refresh(cfg)
+    names = ", ".join(p.name for p in written) if written else "none: every job's settings are unchanged"
+    print(f"profile {cfg['profile']}: settings rewritten: {names}")
+    return 0

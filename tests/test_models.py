@@ -23,7 +23,7 @@ from conftest import ENV, TINY_COCO, make_project, pep, refused
 from pep.config import load_params
 from pep.data.coco import CocoInstances, InputSize
 from pep.engine.evaluate import predict
-from pep.engine.segment import read_image
+from pep.inference import read_image
 from pep.engine.train import load_trained
 from pep.evaluation import evaluate
 

@@ -350,7 +350,7 @@ def test_readme_links_tables_and_figures(project):
     (root / "reports/figures/ap_per_variant.png").write_bytes(b"\x89PNG")
     assert main(["tables", "--params", project["params_file"]]) == 0
     readme = (root / "reports/README.md").read_text(encoding="utf-8")
-    from pep.tracking import params_hash
+    from pep.stage_settings import params_hash
 
     for name in ("ablation", "comparison"):
         for fmt in ("md", "tex", "csv"):

@@ -22,10 +22,12 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pep import tracking
 from pep.config import PROJECT_ROOT, flatten, load_params
-from pep.tracking import (COMPARE_COLUMNS, Tracker, compare_runs, format_comparison, params_hash,
-                          tracking_uri)
+from pep.stage_settings import params_hash
+from pep.tracking import runs, store
+from pep.tracking.compare import COMPARE_COLUMNS, compare_runs, format_comparison
+from pep.tracking.runs import Tracker
+from pep.tracking.store import tracking_uri
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 METRICS = ("loss", "loss_mask", "lr", "images_per_s")
@@ -190,7 +192,7 @@ def test_a_crashed_training_resumes_its_run_and_a_retrain_starts_a_new_one(cfg):
 
 
 def test_evaluation_without_training_is_an_orphan_run(cfg, caplog):
-    with caplog.at_level(logging.WARNING, logger="pep.tracking"):
+    with caplog.at_level(logging.WARNING, logger="pep.tracking.runs"):
         with Tracker(cfg, "purify", 3).start("evaluate") as t:
             t.log_metrics({"AP": 1.0})
             orphan = t.run_id
@@ -204,15 +206,15 @@ def test_evaluation_without_training_is_an_orphan_run(cfg, caplog):
 CONCURRENT_WORKER = """
 import json, sys, time
 from pathlib import Path
-from pep import tracking
+from pep.tracking import runs, store
 cfg, variant, seed, start_file, ready_file = json.loads(sys.argv[1])
 Path(ready_file).touch()
 while not Path(start_file).exists():
     time.sleep(0.01)
-with tracking.Tracker(cfg, variant, seed).start("train") as t:
+with runs.Tracker(cfg, variant, seed).start("train") as t:
     for step in range(30):
         t.log_metrics({m: step / 10 for m in %r}, step=step)
-print(json.dumps({"run_id": t.run_id, "retries": tracking.lock_retries()}))
+print(json.dumps({"run_id": t.run_id, "retries": store.lock_retries()}))
 """ % (METRICS,)
 
 
@@ -250,7 +252,7 @@ def test_four_processes_write_one_sqlite_store_without_losing_anything(bare_cfg,
 
 
 def test_retrying_outlasts_a_locked_store_and_nothing_else(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(store.time, "sleep", lambda s: None)
     calls = []
 
     def flaky() -> str:
@@ -259,8 +261,8 @@ def test_retrying_outlasts_a_locked_store_and_nothing_else(monkeypatch):
             raise MlflowException("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    before = tracking.lock_retries()
-    assert tracking._retrying(flaky) == "ok" and tracking.lock_retries() == before + 2
+    before = store.lock_retries()
+    assert store.retrying(flaky) == "ok" and store.lock_retries() == before + 2
 
     def broken():
         calls.append(1)
@@ -268,7 +270,7 @@ def test_retrying_outlasts_a_locked_store_and_nothing_else(monkeypatch):
 
     calls.clear()
     with pytest.raises(MlflowException, match="no such table"):
-        tracking._retrying(broken)
+        store.retrying(broken)
     assert len(calls) == 1
 
 
@@ -276,14 +278,14 @@ def test_a_store_locked_past_sqlites_busy_timeout_loses_nothing(cfg, tmp_path):
     """MLflow waits 20 s (its PRAGMA busy_timeout) before it says "database is locked"; the lock
     here is held until that happened once, then released for the retry to go through."""
     tracker = Tracker(cfg, "excavate", 0).start("train")
-    before = tracking.lock_retries()
+    before = store.lock_retries()
     blocker = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None,
                               check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")
 
     def release_after_first_retry() -> None:
         deadline = time.monotonic() + 60
-        while tracking.lock_retries() == before and time.monotonic() < deadline:
+        while store.lock_retries() == before and time.monotonic() < deadline:
             time.sleep(0.05)
         blocker.execute("ROLLBACK")
 
@@ -295,7 +297,7 @@ def test_a_store_locked_past_sqlites_busy_timeout_loses_nothing(cfg, tmp_path):
         releaser.join()
         blocker.close()
     tracker.end()
-    assert tracking.lock_retries() > before
+    assert store.lock_retries() > before
     history = MlflowClient(tracking_uri(cfg)).get_metric_history(tracker.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(7, 0.25)]
 
@@ -358,12 +360,12 @@ def test_params_hash_follows_what_shapes_the_model(cfg):
 
 
 def test_git_commit_is_unknown_without_git(monkeypatch):
-    tracking.git_commit.cache_clear()
+    runs.git_commit.cache_clear()
     monkeypatch.setenv("PATH", "")
     try:
-        assert tracking.git_commit() == "unknown"
+        assert runs.git_commit() == "unknown"
     finally:
-        tracking.git_commit.cache_clear()
+        runs.git_commit.cache_clear()
 
 
 def test_a_disabled_tracker_does_nothing(bare_cfg, tmp_path):

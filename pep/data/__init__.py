@@ -1,1 +1,1 @@
-"""Data: the synthetic set, COCO-format reading, and data-set validation."""
+"""Data: the synthetic set, COCO 2017 download, COCO-format reading, data-set validation and the data report."""

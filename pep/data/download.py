@@ -366,3 +366,26 @@ def download_for_params(cfg: dict, out: Path, names: list[str] | None = None, mi
     files = select_files(names or download["files"], checksums(download["md5"]))
     return download_files(files, mirror or download["mirror"] or COCO_HOST, out,
                           keep_archives=keep_archives or download["keep_archives"], progress=progress)
+
+
+def coco_command(cfg: dict, names: list[str] | None, out: Path | None, mirror: str | None,
+                 keep_archives: bool, progress: bool = True) -> int:
+    """`pep data coco`: the archives `names` (default: data.download.files) into `out` (default:
+    data.root); refused for a profile that downloads nothing unless both are given."""
+    from pep.config import resolve_data_path
+
+    names = names or cfg["data"]["download"]["files"]
+    source = cfg["data"]["source"]
+    if not names or (source == "synth" and not out):
+        raise PepError(f"profile '{cfg['profile']}' has data.source {source}"
+                       + (", which `pep data synth` generates" if source == "synth" else "")
+                       + (" and downloads nothing (data.download.files is empty)" if not names else "")
+                       + "; for COCO 2017 run `pep data coco --profile coco`, or name the archives "
+                         "with --files and the target folder with --out")
+    out = out or resolve_data_path(cfg, "root")
+    outcomes = download_for_params(cfg, out, names, mirror, keep_archives, progress=progress)
+    fetched = sum(o.downloaded for o in outcomes)
+    unpacked = sum(o.extracted for o in outcomes)
+    print(f"{out}: {len(outcomes)} archive(s) ready; downloaded {human_size(fetched)}, extracted "
+          f"{unpacked} archive(s)" + ("" if fetched or unpacked else " (all were already in place)"))
+    return 0

@@ -100,3 +100,10 @@ def _md5(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def prepare_command(cfg: dict, mirror: str | None = None, progress: bool = True) -> int:
+    """`pep data prepare`: the pipeline's data stage."""
+    summary = prepare(cfg, progress=progress, mirror=mirror)
+    print(f"profile {cfg['profile']}: {summary['source']} data at {summary['root']}: {summary['done']}")
+    return 0

@@ -344,3 +344,16 @@ def _check_replaceable(out: Path) -> None:
         raise PepError(f"{out}: folder exists and does not hold a synthetic set made by "
                        "`pep data synth`; refusing to overwrite it (choose another --out or "
                        "remove it yourself)")
+
+
+def synth_command(cfg: dict, out: Path | None, progress: bool = True) -> int:
+    """`pep data synth`: the set of the params' data.synth, into `out` (default: data.root)."""
+    from pep.config import resolve_data_path
+
+    summary = generate(cfg["data"]["synth"], out or resolve_data_path(cfg, "root"), progress=progress)
+    print(f"wrote {sum(summary['images'].values())} images and "
+          f"{sum(summary['annotations'].values())} annotations to {summary['root']} "
+          f"in {summary['seconds']:.1f} s "
+          f"(train/val/test-dev images: {summary['images']['train']}/{summary['images']['val']}/"
+          f"{summary['images']['test-dev']})")
+    return 0

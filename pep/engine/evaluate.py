@@ -29,6 +29,7 @@ from pep.data.coco import CocoInstances, Collate, build_dataset, load_coco, scor
 from pep.data.synth import PRIVATE_TEST_DEV_GT
 from pep.engine.checkpoint import FINAL
 from pep.engine.train import load_trained
+from pep.errors import PepError
 from pep.jsonfile import StagedOutputs
 from pep.progress import ProgressLog
 
@@ -228,3 +229,33 @@ def _mean_over_seeds(per_seed: dict[int, dict]) -> dict:
 
 def _std_over_seeds(per_seed: dict[int, dict]) -> dict:
     return {key: round(statistics.stdev(v[key] for v in per_seed.values()), 3) for key in evaluation.STAT_KEYS}
+
+
+def evaluate_command(cfg: dict, variant: str, split: str, seeds: list[int], tracker_factory=None,
+                     progress: bool = True) -> int:
+    """`pep evaluate`: every seed's model scored on val, one line of its mean AP."""
+    from pep.distributed import choose_device
+
+    if split != "val":
+        raise PepError("`pep evaluate` scores the val split; test-dev has no public ground truth: "
+                       "use `pep predict --split test-dev`")
+    metrics = evaluate_variant(cfg, variant, seeds, device=choose_device(cfg["train"]["device"]),
+                               tracker_factory=tracker_factory, progress=progress)
+    print(f"{variant} val: " + ", ".join(f"{k} {metrics[k]:.1f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+    return 0
+
+
+def predict_command(cfg: dict, variant: str | None, seeds: list[int], progress: bool = True) -> int:
+    """`pep predict --variant V`: the test-dev submission (and its local score where one can be had)."""
+    from pep.distributed import choose_device
+
+    if variant is None:
+        raise PepError("`pep predict` needs --variant (the test-dev submission), or --images SOURCE... "
+                       "--out OUT with --variant or --model (your own images)")
+    summary = predict_test_dev(cfg, variant, seeds, device=choose_device(cfg["train"]["device"]), progress=progress)
+    line = f"{variant} test-dev: {summary['detections']} detections on {summary['images']} images -> {summary['submission']}"
+    if "metrics" in summary:
+        line += f" (scored locally: AP {summary['metrics']['AP']:.1f}" + (
+            f", mean of {len(summary['seeds'])} seeds)" if len(summary["seeds"]) > 1 else ")")
+    print(line)
+    return 0

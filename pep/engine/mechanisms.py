@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader
 
 from pep import evaluation
 from pep.config import output_path
-from pep.data.coco import Collate, InputSize, build_dataset
+from pep.data.coco import Collate, build_dataset
+from pep.data.crowding import hidden_instances
 from pep.engine.train import load_trained
 from pep.jsonfile import StagedOutputs
 from pep.progress import ProgressLog
@@ -229,28 +230,6 @@ def switches_for(variant_cfg: dict) -> list[str]:
     return names
 
 
-def hidden_instances(cfg: dict, split: str, model=None) -> dict:
-    """Instances of `split` (at the test-time size) that own no grid cell: every cell of their
-    centre region goes to a smaller instance (SOLOv2's assignment, as perceiving trains)."""
-    from pep.model.detector import build_model
-
-    dataset = build_dataset(cfg, split)
-    dataset.transforms = InputSize.from_params(cfg["data"]["input"], train=False).transforms()  # no flip, one size
-    if model is None:
-        model = build_model(cfg, "baseline", sorted(dataset.coco.getCatIds()))
-    divisor = cfg["data"]["input"]["size_divisibility"]
-    hidden = total = 0
-    for index in range(len(dataset)):
-        image, target = dataset[index]
-        h, w = image.shape[-2:]
-        size = (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
-        owners = model.perceive.targets([target], size)[0].gt_index
-        n = len(target["labels"])
-        total += n
-        hidden += n - len(set(owners[owners >= 0].tolist()))
-    return {"instances": total, "without_own_cell": hidden, "share": _ratio(hidden, total)}
-
-
 def mechanisms_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", progress: bool = True) -> dict:
     """Score every seed's model of `variant` (see the module); write metrics/<variant>/mechanisms.json."""
     path = output_path(cfg, "metrics", variant, "mechanisms.json")
@@ -297,3 +276,16 @@ def mean_over_seeds(per_seed: dict) -> dict:
              for k in records[0]["rates"] if any(r["rates"][k] is not None for r in records)}
     ap = {switch: spread([r["ap"][switch]["AP"] for r in records]) for switch in records[0]["ap"]}
     return {"rates": rates, "ap": ap}
+
+
+def mechanisms_command(cfg: dict, variant: str, seeds: list[int], progress: bool = True) -> int:
+    """`pep mechanisms`: the report for every seed, one line each."""
+    from pep.distributed import choose_device
+
+    per_seed = mechanisms_variant(cfg, variant, seeds, device=choose_device(cfg["train"]["device"]), progress=progress)
+    for seed, record in per_seed.items():
+        rates = record["rates"]
+        print(f"{variant} seed {seed}: originals find {100 * rates['originals_recall']:.1f}% of the "
+              f"instances, detections {100 * rates['final_recall']:.1f}%; AP "
+              + ", ".join(f"{k} {v['AP']:.1f}" for k, v in record["ap"].items()))
+    return 0

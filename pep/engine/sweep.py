@@ -108,3 +108,14 @@ def format_summary(table: pd.DataFrame, keys: list[str]) -> str:
     s = summary(table, keys)
     return s.to_string(index=False, float_format=lambda v: f"{v:.2f}") if len(s) else "(no rows)"
 
+
+def sweep_command(cfg: dict, variant: str, seeds: list[int], pairs: list[str], out: Path,
+                  progress: bool = True) -> int:
+    """`pep sweep --set KEY=V1,V2 ...`: every combination, every seed; the summary, then the file."""
+    from pep.distributed import choose_device
+
+    options = parse_options(pairs, variant)
+    table = sweep(cfg, variant, seeds, options, out, device=choose_device(cfg["train"]["device"]), progress=progress)
+    print(format_summary(table, list(options)))
+    print(f"every (combination, seed): {out}")
+    return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from pep.errors import PepError
 from pep.jsonfile import check_writable
 from pep.model import build_model
 from pep.progress import ProgressLog
-from pep.tracking import params_hash
+from pep.stage_settings import model_settings, params_hash
 
 log = logging.getLogger(__name__)
 FINAL = checkpoint.FINAL
@@ -211,6 +212,52 @@ def train(cfg: dict, variant: str, seed: int, out_dir: Path | None = None,
             "resumed_from": start}
 
 
+def train_command(cfg: dict, variant: str, seeds: list[int], argv: list[str], tracker_factory,
+                  max_iters: int | None = None) -> int:
+    """`pep train`: every seed of `seeds`, each in its MLflow run (`tracker_factory(seed, enabled)`
+    returns the run's recorder, e.g. pep.tracking.runs.Tracker; only rank 0's records). Launches
+    torchrun first where train.device asks for several processes (`argv` is the command's own)."""
+    processes = distributed.processes_to_launch(cfg["train"])
+    if not distributed.under_launcher() and (plan := distributed.launch_plan(processes, argv)):
+        # One command for dvc, Snakemake and SLURM jobs: it starts torchrun itself (in a SLURM
+        # allocation of several nodes, one torchrun per node through srun; see pep.distributed).
+        return distributed.launch(plan)
+    from pep.engine.curves import plot_training_curves
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        for seed in seeds:
+            tracker = tracker_factory(seed, enabled=main_rank)
+            with tracker.start("train"):
+                summary = train(cfg, variant, seed, max_iters=max_iters, tracker=tracker)
+                if main_rank:
+                    folder = default_run_dir(cfg, variant, seed)
+                    curves = plot_training_curves(folder / checkpoint.LOG, folder / "training_curves.png",
+                                                  f"{variant}, seed {seed}")
+                    tracker.log_metrics({"train_time_s": summary["train_time_s"],
+                                         "images_seen": summary["images_seen"]})
+                    tracker.log_dict({k: v for k, v in cfg.items() if k != "params_file"}, "config.json")
+                    tracker.log_artifact(folder / checkpoint.LOG)
+                    tracker.log_artifact(curves)
+                    model_uri = None
+                    if tracker.enabled:
+                        model_uri = tracker.log_model(
+                            folder / FINAL, checkpoint.load(folder / FINAL),
+                            register=cfg["tracking"]["register_models"] and max_iters is None)
+                    print(f"trained {variant} seed {seed}: {summary['iterations']} iterations, "
+                          f"{summary['images_seen']} images in {summary['train_time_s']:.0f} s -> "
+                          f"{folder / FINAL}" + (f" (MLflow: {model_uri})" if model_uri else ""))
+        if main_rank and max_iters is None:
+            # Every seed is done: the checkpoints have served (a crash in a later seed resumed the
+            # earlier ones at their end). Without them, the next run of this stage, which
+            # dvc or Snakemake start only when code or settings changed, trains afresh.
+            for seed in seeds:
+                checkpoint.remove_checkpoints(default_run_dir(cfg, variant, seed))
+    finally:
+        distributed.shutdown()
+    return 0
+
+
 def _refuse_to_replace_a_trained_model(final: Path, full: int) -> None:
     """A smoke run (--max-iters) must not overwrite the result of a whole training."""
     if not final.is_file():
@@ -271,12 +318,6 @@ def _save_final(path: Path, model, dataset, cfg, variant, seed, iterations, trai
         # apart by the keys that changed, not by a tensor size mismatch
         "settings": model_settings(cfg, variant),
     }, path)
-
-
-def model_settings(cfg: dict, variant: str) -> dict:
-    """The parameters that the network's shape and behaviour come from, as plain JSON values
-    (what torch.load(weights_only=True) reads back, and what compares equal after it)."""
-    return json.loads(json.dumps({"model": cfg["model"], f"variants.{variant}": cfg["variants"][variant]}))
 
 
 def load_trained(cfg: dict, variant: str, seed: int, device: torch.device | str = "cpu"):

@@ -17,6 +17,7 @@ expected values, is an error (exit 2), never a silent pass.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,13 @@ def format_checks(checks: list[Check]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
                                enumerate(zip(row, widths))).rstrip() for row in rows)
+
+
+def check_command(cfg: dict, expected: str | Path | None = None) -> int:
+    """`pep check-results`: the table of checks; exit 1 naming each drifted number."""
+    checks = check_results(cfg, expected or EXPECTED_FILE)
+    print(format_checks(checks))
+    drifted = [c for c in checks if not c.ok]
+    for check in drifted:
+        print(f"pep: drifted: {check.describe()}", file=sys.stderr)
+    return 1 if drifted else 0

@@ -19,7 +19,7 @@ from markdown_it import MarkdownIt
 from pep.config import output_path
 from pep.jsonfile import StagedOutputs
 from pep.reports.tables import SERVER_FOLDER, TABLES_FOLDER, Table, dataset_name, to_markdown
-from pep.tracking import params_hash
+from pep.stage_settings import params_hash
 
 FIGURES = (("training_curves.png", "training curves: losses and learning rate against images seen"),
            ("ap_per_variant.png", "mask AP per variant, seeds and intervals"),
@@ -81,7 +81,7 @@ def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs) -> 
              f"`data.root: {cfg['data']['root']}`) |",
              f"| profile | `{cfg['profile']}` |",
              f"| git commit | `{git_short_commit(Path(cfg['params_file']).parent if 'params_file' in cfg else reports)}` |",
-             f"| parameters | hash `{params_hash(cfg)}` (pep.tracking.params_hash: the settings that "
+             f"| parameters | hash `{params_hash(cfg)}` (pep.stage_settings.params_hash: the settings that "
              "shape the trained model) |"]
     lines += [f"| {name} | {value} |" for name, value in key_settings(cfg)]
     lines += ["", "## Tables", ""]
@@ -98,7 +98,7 @@ def write_index(cfg: dict, tables: dict[str, Table], outputs: StagedOutputs) -> 
         lines.append(f"- **{name}** ({links}): {what}")
     lines += ["", f"Our COCO test-dev rows come from `{'/'.join(SERVER_FOLDER)}/<variant>.json`, the "
               "COCO server's numbers for a submission, committed by a person (format: "
-              "`pep/reports/tables.py`).", "", "## Figures", ""]
+              "`pep/reports/tables/comparison.py`).", "", "## Figures", ""]
     for file, what in FIGURES:
         path = reports / "figures" / file
         if path.exists():
@@ -134,3 +134,17 @@ def to_html(markdown: str, title: str) -> str:
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n"
             f"<body>\n{body}</body>\n</html>\n")
+
+
+def tables_command(cfg: dict) -> int:
+    """`pep tables`: the tables, reports/README.md and the page, published together."""
+    from pep.reports.tables import table_files, write_tables
+
+    with StagedOutputs([*table_files(cfg), index_file(cfg), page_file(cfg)], "`pep tables`") as outputs:
+        tables = write_tables(cfg, outputs=outputs)
+        index = write_index(cfg, tables, outputs)
+        outputs.publish()
+    for table in tables.values():
+        print(f"wrote {table.name}.md/.tex/.csv ({len(table.cells)} rows)")
+    print(f"wrote {index} and {index.with_name('index.html')}")
+    return 0

@@ -1,7 +1,13 @@
 """Table 1, the comparison: the published methods in the paper's blocks, our COCO server results
 (reports/test-dev-server/<variant>.json) ranked among them, and rows scored locally on another
-data set (metrics/<variant>/test-dev.json) kept apart. The server file's format is in the
-package's docstring (pep/reports/tables/__init__.py)."""
+data set (metrics/<variant>/test-dev.json) kept apart.
+
+reports/test-dev-server/<variant>.json, one per submitted variant, percent as the server shows
+them (the six keys are required; the rest of the 12 COCO stats may be added):
+
+  {"AP": 40.1, "AP50": 61.0, "AP75": 43.5, "APs": 18.0, "APm": 43.9, "APl": 59.1,
+   "submission": "detections_test-dev2017_pep-pep_results.zip", "date": "2026-12-01"}
+"""
 
 from __future__ import annotations
 
@@ -92,7 +98,7 @@ def comparison_table(cfg: dict, metrics: dict[str, dict], published: dict) -> Ta
     if not any(r["reported by"] == "COCO server" for r in ranked):
         notes.append("No COCO test-dev result of ours yet: after scoring a submission on the COCO "
                      f"server, commit its numbers as {'/'.join(SERVER_FOLDER)}/<variant>.json "
-                     "(format: pep/reports/tables.py).")
+                     "(format: pep/reports/tables/comparison.py).")
     if apart:
         notes.append(f"Rows below the rule come from {dataset_name(cfg)}, scored locally against its "
                      "private test-dev ground truth; they are not comparable with COCO numbers.")

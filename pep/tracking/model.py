@@ -1,7 +1,7 @@
 """A trained PEP model as an MLflow model: everything it needs travels with it.
 
 `pep train` logs each (variant, seed) as an MLflow pyfunc model named `model` in its run and
-registers it as `pep-<variant>` (pep.tracking.Tracker.log_model). The model folder holds
+registers it as `pep-<variant>` (pep.tracking.runs.Tracker.log_model). The model folder holds
 
   artifacts/model_final.pt   the weights (the file `pep train` wrote)
   artifacts/pep_model.json   variant, seed, the settings that build the network, the test-time
@@ -30,6 +30,11 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from pep.errors import PepError
+from pep.inference import Segmenter, read_image
+from pep.stage_settings import model_settings
+from pep.tracking.store import quiet_mlflow, tracking_uri
+
 WEIGHTS = "weights"
 DESCRIPTION = "description"
 OUTPUT_COLUMNS = ("image", "width", "height", "category_id", "category_name", "score", "rle",
@@ -39,8 +44,6 @@ DEFAULT_PARAMS = {"score_threshold": 0.0}
 
 def description(cfg: dict, variant: str, seed: int, state: dict) -> dict:
     """What pep_model.json holds: enough to rebuild the network and its input pipeline."""
-    from pep.engine.train import model_settings
-
     inp = cfg["data"]["input"]
     return {"variant": variant, "seed": seed, "settings": model_settings(cfg, variant),
             "input": {k: inp[k] for k in ("test_min_size", "max_size", "size_divisibility")},
@@ -49,10 +52,9 @@ def description(cfg: dict, variant: str, seed: int, state: dict) -> dict:
 
 
 def segmenter_from_files(weights: str | Path, described: dict, device: str = "cpu"):
-    """A pep.engine.segment.Segmenter from the two artifacts."""
+    """A pep.inference.Segmenter from the two artifacts."""
     import torch
 
-    from pep.engine.segment import Segmenter
     from pep.model.detector import PEP
 
     variant = described["variant"]
@@ -88,7 +90,7 @@ def requirements() -> list[str]:
 
 
 def detections_frame(segmentations: list) -> pd.DataFrame:
-    """The output rows of `predict` for pep.engine.segment.Segmentation objects, one per input."""
+    """The output rows of `predict` for pep.inference.Segmentation objects, one per input."""
     rows = []
     for index, seg in enumerate(segmentations):
         for record in seg.records(str(index)):
@@ -111,8 +113,6 @@ class PepPyfuncModel(mlflow.pyfunc.PythonModel):
         self.segmenter = segmenter_from_files(context.artifacts[WEIGHTS], described)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from pep.engine.segment import read_image
-
         threshold = float((params or {}).get("score_threshold", DEFAULT_PARAMS["score_threshold"]))
         if "image" not in model_input:
             raise ValueError(f"expected a column 'image' of JPEG or PNG bytes, got columns {list(model_input)}")
@@ -135,3 +135,21 @@ def example_image_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def load_segmenter(cfg: dict, model_uri: str):
+    """The pep.inference.Segmenter inside an MLflow model (models:/, runs:/ or a path),
+    resolved against the project's store; one PepError naming the URI when it cannot load."""
+    from mlflow.exceptions import MlflowException
+
+    quiet_mlflow()
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PepError(f"MLflow model {model_uri} cannot be loaded from {tracking_uri(cfg)}: {first}") from None
+    python_model = loaded.unwrap_python_model()
+    if not isinstance(python_model, PepPyfuncModel):
+        raise PepError(f"MLflow model {model_uri} is not a PEP model (it is {type(python_model).__name__})")
+    return python_model.segmenter

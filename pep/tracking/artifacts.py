@@ -23,18 +23,12 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-SCHEME = "pep-artifacts"
-FOLDER = "mlartifacts"  # beside the sqlite file
-
-
-EXPERIMENT_LOCATION = f"{SCHEME}:{FOLDER}"  # a new experiment's; MLflow appends the runs' folders
+from pep.tracking.store import SCHEME, sqlite_file
 
 
 def _store_folder(tracking_uri: str | None) -> Path:
     import mlflow
     from mlflow.server.constants import BACKEND_STORE_URI_ENV_VAR
-
-    from pep.tracking import sqlite_file
 
     for uri in (tracking_uri, os.environ.get(BACKEND_STORE_URI_ENV_VAR), mlflow.get_tracking_uri()):
         db = sqlite_file(uri) if uri else None
