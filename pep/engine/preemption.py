@@ -36,7 +36,7 @@ class Preempted(PepError):
     """Training stopped on a signal with its checkpoint written: rerun to resume."""
 
     exit_code = RESUME_EXIT_CODE
-    resumable = True  # pep.tracking marks the MLflow run KILLED, so that the rerun resumes it
+    resumable = True  # pep.tracking.runs marks the MLflow run KILLED, so that the rerun resumes it
 
 
 class StopRequest:

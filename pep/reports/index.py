@@ -1,7 +1,7 @@
 """reports/README.md and reports/index.html: what the reports hold and what produced them.
 
 Written by `pep tables` after the tables (and after `pep figures`, which the pipeline runs
-first): names the data set, profile, git commit and parameters (the params hash of pep.tracking
+first): names the data set, profile, git commit and parameters (the params hash of pep.stage_settings
 and the settings that shape the numbers), links every table in its three formats, shows every
 figure (one `pep figures` has not drawn yet is listed as "not built yet"), and embeds both
 tables, so that the page reads on its own. index.html is the same Markdown rendered by
