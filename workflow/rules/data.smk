@@ -18,8 +18,10 @@ rule validate:
     input:
         "settings/validate-{split}.json",
         DATA,
-        "pep/data/validate.py",
-        "pep/model/perceive.py",  # which instances own a grid cell (the data report counts them)
+        "pep/data/report.py",
+        "pep/data/validate",
+        "pep/data/crowding.py",  # which instances own a grid cell (the data report counts them)
+        "pep/model/perceive.py",
     wildcard_constraints:
         split="train|val",
     log:

@@ -37,6 +37,7 @@ rule mechanisms:
         "reports/data/validate_val.json",
         "pep/evaluation.py",
         "pep/engine/mechanisms.py",
+        "pep/data/crowding.py",
         "pep/model/postprocess.py",
     wildcard_constraints:
         variant="|".join(VARIANTS),
