@@ -91,18 +91,12 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-# every name below was this file's own before the split; they stay reachable here as throughput.X
-from throughput_lib.batches import (  # noqa: E402
-    COCO_CLASSES, SYNTH_IMAGES, TINY_COCO, Batch, load_batch, load_matched_batch)
-from throughput_lib.models import (  # noqa: E402
-    BACKBONE, MASKRCNN, MATCHED_PROFILE, MATCHED_VARIANT, MODELS, Subject, build_subject, count, feature_extractor,
-    maskrcnn_subject, matched_params, matched_subject)
-from throughput_lib.report import (  # noqa: E402
-    DEMO_LABEL, TARGETS, Target, _percent, cpu_name, demo_widths, format_matched, format_table, log, summarise,
-    warn_if_busy)
-from throughput_lib.timing import (  # noqa: E402
-    MatchedResult, OthersMeter, Result, busy_cpu_seconds, images_per_second, interleaved_ms, measure, measure_pair,
-    sgd, training_step)
+from throughput_lib.batches import TINY_COCO, Batch, load_batch, load_matched_batch  # noqa: E402
+from throughput_lib.models import (MASKRCNN, MATCHED_PROFILE, MATCHED_VARIANT, MODELS,  # noqa: E402
+                                   build_subject, matched_params)
+from throughput_lib.report import cpu_name, format_matched, format_table, log, summarise, warn_if_busy  # noqa: E402
+from throughput_lib.timing import (MatchedResult, OthersMeter, Result, measure, measure_pair, sgd,  # noqa: E402
+                                   training_step)
 
 WIDTHS = ("demo", "coco", "both")
 
