@@ -9,6 +9,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist worker processes (one per core here); 0 runs every test in one process
+TEST_WORKERS ?= 2
 
 # Tools inside the venv (pep, dvc, snakemake, mlflow) must be found by the stages they run.
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -28,7 +30,7 @@ study: $(STAMP)
 	dvc exp run -S 'train.seeds=$(STUDY_SEEDS)'
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 venv: $(STAMP)
 

@@ -98,6 +98,29 @@ def pytest_configure(config):
     if not TINY_COCO.is_dir():
         raise pytest.UsageError(f"test data not found at {TINY_COCO}: clone the project beside "
                                 "`shared/` or set PEP_SHARED")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One thread per worker, in this process and in the commands it starts: two workers with
+        # torch's default of one thread per core oversubscribe the cores, and in-process training
+        # then ran 10 to 50 times slower (OpenMP threads spinning against each other).
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
+# Under `pytest -n N --dist loadgroup` (make test), tests that share an expensive module fixture
+# run on one worker, so that it is built once: a whole file by default, and in test_workflow.py
+# the tests of the `dvc repro` project, while its other end-to-end runs spread over the workers.
+SPREAD_FILES = {"test_workflow.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "dvc_project" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("dvc_project"))
+        elif item.path.name not in SPREAD_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ STATE_FILE = Path("/run/pep-slurm-harness.json")
 PARTITION = "debug"
 
 # Snakemake options for a cluster without an accounting database (see SLURM.md): `sacct` fails
-# there and the plugin would poll it forever; `squeue` works while MinJobAge (300 s) keeps
+# there and the plugin would poll it forever; `squeue` works while MinJobAge (3600 s) keeps
 # finished jobs listed. The short first poll and the kept logs are for the tests.
 TEST_SNAKEMAKE_ARGS = ("--slurm-status-command", "squeue",
                        "--slurm-init-seconds-before-status-checks", "2",
@@ -91,11 +91,12 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=100
 # No accounting database: sacct does not work, so Snakemake must poll with squeue, which
-# sees a finished job for MinJobAge seconds (keep it >= 3x the plugin's first poll interval).
+# sees a finished job for MinJobAge seconds: longer than a test's whole run, whose check reads
+# every job's final state at its end (300 s lost the first jobs of a slow pipeline run).
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-MinJobAge=300
+MinJobAge=3600
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
