@@ -304,7 +304,7 @@ def _mask_iou_matches(outputs, targets, min_area=0):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_each_variant_overfits_a_small_batch(cfg, batch, variant):
-    """120 steps on two images: the loss falls by a large factor and the predicted masks
+    """60 steps on two images: the loss falls by a large factor and the predicted masks
     match the ground truth. Masks are predicted at 1/4 of the input, which caps the IoU of a
     shape a few cells wide, so the IoU bar applies to instances of 16 x 16 pixels or more."""
     images, targets = batch
@@ -313,7 +313,7 @@ def test_each_variant_overfits_a_small_batch(cfg, batch, variant):
     # the recipe's linear warm-up: without it the dice loss can collapse every mask to zero
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: min(1.0, 0.001 + it / 40))
     first = None
-    for _ in range(120):
+    for _ in range(60):
         loss = sum(model(images, targets).values())
         first = first if first is not None else loss.item()
         opt.zero_grad()
@@ -321,9 +321,10 @@ def test_each_variant_overfits_a_small_batch(cfg, batch, variant):
         nn.utils.clip_grad_norm_(model.parameters(), 35)
         opt.step()
         warmup.step()
-    # measured: ~800x (baseline); 4.8x (excavate), whose losses train its own head alone
-    # (excavate.detach_inputs), 7.8x when they reached the shared towers as well
-    factor = 4 if cfg["variants"][variant]["excavate"] else 5
+    # measured after 60 steps (2026-12-07): baseline 183x, purify 75x; excavate 3.2x, pep 3.3x,
+    # whose excavating losses train their own head alone (excavate.detach_inputs) and fall
+    # slowest (after 120 steps: 5.0x, 5.5x). Mean mask IoU 0.84 to 0.89, every instance > 0.5.
+    factor = 2.5 if cfg["variants"][variant]["excavate"] else 5
     assert loss.item() < first / factor, (first, loss.item())
     model.eval()
     eval_targets = [{**t, "orig_size": t["size"]} for t in targets]
