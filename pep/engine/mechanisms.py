@@ -191,26 +191,29 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def run_switch(model, dataset, cfg: dict, mine: bool, dedup: str | None, trace: bool, name: str,
-               progress: bool) -> tuple[list[dict], Counter]:
-    """COCO results of `model` under one inference switch, and (trace=True) the summed counts."""
+def run_switches(model, dataset, cfg: dict, switches: list[str], name: str,
+                 progress: bool) -> tuple[dict[str, list[dict]], Counter]:
+    """COCO results of `model` under each inference switch (one forward pass per batch), and the
+    summed counts of the `as_trained` switch's trace."""
     loader = DataLoader(dataset, batch_size=cfg["evaluate"]["batch_size"], shuffle=False,
                         num_workers=cfg["data"]["num_workers"],
                         collate_fn=Collate(cfg["data"]["input"]["size_divisibility"]))
     device = next(model.parameters()).device
-    results, counts, done = [], Counter(), 0
+    settings = {switch: (*SWITCHES[switch], switch == "as_trained") for switch in switches}
+    results, counts, done = {switch: [] for switch in switches}, Counter(), 0
     with ProgressLog(len(dataset), name, every_s=cfg["evaluate"]["progress_every_s"], unit="image",
                      bar=progress, leave=False) as meter:
         for images, targets in loader:
-            for out, target in zip(model.predict(images.to(device), targets, mine=mine, dedup=dedup, trace=trace),
-                                   targets):
-                results += evaluation.encode_instances(target["image_id"], out["masks"].cpu(),
-                                                       out["scores"].cpu(), out["category_ids"].cpu())
-                if trace:
-                    tr = out["trace"]
-                    d = tr["descriptors"]
-                    gt_masks, gt_classes, gt_crowd = _ground_truth(dataset.coco, target["image_id"])
-                    counts.update(count_image(gt_masks, gt_classes, gt_crowd, _numpy(tr["masks"]),
+            outputs = model.predict_switches(images.to(device), targets, settings)
+            for switch, per_image in outputs.items():
+                for out, target in zip(per_image, targets):
+                    results[switch] += evaluation.encode_instances(target["image_id"], out["masks"].cpu(),
+                                                                   out["scores"].cpu(), out["category_ids"].cpu())
+            for out, target in zip(outputs["as_trained"], targets):
+                tr = out["trace"]
+                d = tr["descriptors"]
+                gt_masks, gt_classes, gt_crowd = _ground_truth(dataset.coco, target["image_id"])
+                counts.update(count_image(gt_masks, gt_classes, gt_crowd, _numpy(tr["masks"]),
                                           _numpy(model.category_ids[d.labels]), _numpy(d.mined), tr["groups"],
                                           _numpy(out["masks"]), _numpy(out["category_ids"]), _numpy(out["mined"])))
             done += len(targets)
@@ -242,15 +245,12 @@ def mechanisms_variant(cfg: dict, variant: str, seeds: list[int], device="cpu", 
     with outputs:
         for seed, model in models.items():
             record = {"ap": {}}
-            for switch in switches_for(variant_cfg):
-                mine, dedup = SWITCHES[switch]
-                trace = switch == "as_trained"
-                results, counts = run_switch(model, dataset, cfg, mine, dedup, trace,
-                                             f"mechanisms {variant} seed {seed} {switch}", progress)
-                stats = evaluation.stats_in_percent(evaluation.evaluate(dataset.coco, results, "segm")["stats"])
+            results, counts = run_switches(model, dataset, cfg, switches_for(variant_cfg),
+                                           f"mechanisms {variant} seed {seed}", progress)
+            for switch, switch_results in results.items():
+                stats = evaluation.stats_in_percent(evaluation.evaluate(dataset.coco, switch_results, "segm")["stats"])
                 record["ap"][switch] = {k: stats[k] for k in ("AP", "AP50", "AP75")}
-                if trace:
-                    record.update(summarise(counts, merged))
+            record.update(summarise(counts, merged))
             log.info("%s seed %d: originals find %d of %d instances, detections %d; AP %s", variant, seed,
                      record["counts"]["found_by_originals"], record["counts"]["instances"],
                      record["counts"]["found_final"],

@@ -88,10 +88,18 @@ class PEP(nn.Module):
         `dedup` replaces the variant's de-duplication (matrix_nms | purify_merge). `trace` adds
         each image's descriptors before de-duplication, their masks, the merge's groups and which
         descriptor each detection came from."""
+        return self.predict_switches(images, targets, {"": (mine, dedup, trace)})[""]
+
+    @torch.no_grad()
+    def predict_switches(self, images: torch.Tensor, targets: list[dict],
+                         switches: dict[str, tuple[bool, str | None, bool]]) -> dict[str, list[dict]]:
+        """`predict` under several (mine, dedup, trace) switches, by name, from one pass of the
+        backbone, FPN and perceiving: no switch changes them."""
         fpn = self.features(images)
         context, logits, desc_maps = self.perceive(self.features.level_features(fpn))
         feature = self.mask.general_feature(fpn)
-        return self._predict(targets, context, logits, desc_maps, feature, mine, dedup, trace)
+        return {name: self._predict(targets, context, logits, desc_maps, feature, mine, dedup, trace)
+                for name, (mine, dedup, trace) in switches.items()}
 
     @torch.no_grad()
     def _predict(self, targets, context, logits, desc_maps, feature, mine=True, dedup=None,
