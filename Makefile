@@ -37,7 +37,10 @@ venv: $(STAMP)
 $(STAMP): requirements.txt requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else "Python 3.11 is required (found %d.%d at $(PYTHON)); set PYTHON=/path/to/python3.11" % v[:2])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt -c requirements.lock
+	@# pip byte-compiles one file at a time (half the install); compileall on every core, the
+	@# same files: templates that are no Python fail to compile here as they do quietly in pip
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

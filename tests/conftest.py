@@ -18,6 +18,8 @@ from pycocotools.coco import COCO
 
 from pep.config import PROJECT_ROOT, load_params
 
+pytest_plugins = ["tiny_pipeline"]  # the `dvc repro` project built once per run (dvc_project)
+
 SHARED = Path(os.environ.get("PEP_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
 TINY_COCO = SHARED / "data" / "tiny_coco"
 FAKE100 = SHARED / "data" / "cocoapi_fake100"
@@ -108,18 +110,16 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = "1"
 
 
-# Under `pytest -n N --dist loadgroup` (make test), tests that share an expensive module fixture
-# run on one worker, so that it is built once: a whole file by default, and in test_workflow.py
-# the tests of the `dvc repro` project, while its other end-to-end runs spread over the workers.
+# Under `pytest -n N --dist loadgroup` (make test), a file's tests run on one worker, so that its
+# module fixtures are built once; test_workflow.py's end-to-end runs spread over the workers (the
+# `dvc repro` project they share is built once for the whole run: tests/tiny_pipeline.py).
 SPREAD_FILES = {"test_workflow.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "dvc_project" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("dvc_project"))
-        elif item.path.name not in SPREAD_FILES:
+        if item.path.name not in SPREAD_FILES:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
@@ -143,3 +143,9 @@ def small_synth(tmp_path_factory, small_synth_cfg) -> Path:
     root = tmp_path_factory.mktemp("synth") / "synth"
     generate(small_synth_cfg, root, progress=False)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_shared_builds(dvc_project_build):
+    """At each process's first test: the `dvc repro` project starts building in the background
+    when any test of the run needs it (tests/tiny_pipeline.py)."""

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -25,36 +24,15 @@ from pep.config import PROJECT_ROOT, VARIANTS
 
 from slurm_cluster import job_ids_in, job_info, run_snakemake_on_slurm, start_snakemake_on_slurm  # noqa: E402  (tests/ is on sys.path)
 from system_packages import require
+from tiny_pipeline import BIN, copy_built, copy_project, sh, tiny_params  # noqa: E402
 
 pytest_plugins = ["slurm_cluster"]
 
-BIN = PROJECT_ROOT / ".venv" / "bin"
-# What the project copy needs: the package (dvc.yaml names its files as dependencies), the two
-# workflow descriptions and the parameters.
-PROJECT_FILES = ("pep", "workflow", "dvc.yaml", "Snakefile", ".dvcignore", "environment.yml",
-                 "reports/test-dev-server")
 LOG_SUFFIX = re.compile(r" 2>&1 \| tee (\S+)$")  # Snakemake also keeps each job's output in a log
 STOP_TRAP = "trap '' TERM USR1; "  # training's shell outlives the stop signal (pep.engine.preemption)
 TIMING_KEYS = {"train_time_s", "infer_ms_per_image"}
 README_EXP_SHOW = re.search(r"^dvc exp show --drop '\.\*' --keep '[^']+'", (PROJECT_ROOT / "README.md").read_text(),
                             re.M).group(0)
-
-
-def env() -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-            "MPLBACKEND": "Agg", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def sh(*cmd, cwd, timeout=900, check=True, threads: int | None = None) -> subprocess.CompletedProcess:
-    """A command in the project; `threads` pins torch's thread count (OMP_NUM_THREADS)."""
-    extra = {"OMP_NUM_THREADS": str(threads)} if threads else {}
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env={**env(), **extra}, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
 
 
 # -- one DAG -------------------------------------------------------------------------------------
@@ -191,38 +169,6 @@ def test_the_local_profile_never_runs_more_gpu_jobs_than_it_has_gpus(tmp_path):
 
 # -- the pipeline, run ---------------------------------------------------------------------------
 
-def tiny_params(**overrides) -> dict:
-    """The default profile at a size that runs end to end in about a minute per tool."""
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["data"]["synth"].update(num_train=16, num_val=6, num_test_dev=4)
-    params["data"]["num_workers"] = 0
-    params["train"].update(epochs=1, batch_size=4, warmup_iters=2, log_every_iters=1, checkpoint_every_iters=2)
-    params["evaluate"]["bootstrap"]["resamples"] = 20
-    for job in ("train", "evaluate"):
-        params["cluster"][job].update(cpus=1, mem_mb=1000, runtime_min=10)
-    params.update(overrides)
-    return params
-
-
-def copy_project(dest: Path, overrides: dict | None = None) -> Path:
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = PROJECT_ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(**(overrides or {})), sort_keys=False))
-    (dest / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/.snakemake/\n/logs/\n/.pep/\n__pycache__/\n")
-    sh("git", "init", "-q", cwd=dest)
-    sh(BIN / "dvc", "init", "-q", cwd=dest)
-    sh(BIN / "dvc", "config", "core.analytics", "false", cwd=dest)
-    sh("git", "add", "-A", cwd=dest)
-    sh("git", "commit", "-qm", "project", cwd=dest)
-    return dest
-
-
 def result_numbers(root: Path, variants=VARIANTS) -> dict:
     """Each variant's val and test-dev numbers, without the timings."""
     out = {}
@@ -241,28 +187,15 @@ EXPECTED_OUTPUTS = ("reports/tables/ablation.md", "reports/tables/ablation.tex",
                     *(f"submissions/{v}/detections_test-dev2017_pep-{v}_results.zip" for v in VARIANTS))
 
 
-@pytest.fixture(scope="session")
-def dvc_project(tmp_path_factory) -> Path:
-    """The tiny pipeline run once by `dvc repro`, as `make demo` does. Session-scoped: under
-    xdist a module fixture is torn down whenever its worker turns to another file's tests in
-    between, and was then built twice (262 s each)."""
-    project = copy_project(tmp_path_factory.mktemp("dvc") / "project")
-    started = time.monotonic()
-    # with as many threads as Snakemake gives each job (its `threads`, the cluster CPUs of
-    # tiny_params): float sums, and so the trained models, depend on the thread count
-    proc = sh(BIN / "dvc", "repro", cwd=project, threads=tiny_params()["cluster"]["train"]["cpus"])
-    print(f"dvc repro: {time.monotonic() - started:.0f} s")
-    assert "Running stage 'figures'" in proc.stdout and "Running stage 'tables'" in proc.stdout
+@pytest.mark.slow
+def test_dvc_repro_runs_the_pipeline_then_nothing(dvc_project, dvc_project_build):
+    log = dvc_project_build.log.read_text()
+    print(f"dvc repro: {dvc_project_build.status.read_text().split()[1]} s")
+    assert "Running stage 'figures'" in log and "Running stage 'tables'" in log
     # not a terminal: training and evaluation print progress lines into the log
-    log = proc.stdout + proc.stderr
     assert re.search(r"^train pep seed 0: iter 4/4 \(100\.0%\) epoch 1\.00/1 \| .* img/s \| loss .* \| lr .* \| "
                      r"peak mem .* \| elapsed \d+:\d\d:\d\d ETA 0:00:00$", log, re.M), log[-3000:]
     assert re.search(r"^evaluate pep seed 0 val: image 6/6 \(100\.0%\) .* ETA 0:00:00$", log, re.M), log[-3000:]
-    return project
-
-
-@pytest.mark.slow
-def test_dvc_repro_runs_the_pipeline_then_nothing(dvc_project):
     for name in EXPECTED_OUTPUTS:
         assert (dvc_project / name).stat().st_size > 0, name
     ablation = (dvc_project / "reports/tables/ablation.md").read_text()
@@ -347,8 +280,7 @@ def test_the_report_page_renders_in_chromium_with_every_image(dvc_project, tmp_p
 
 @pytest.mark.slow
 def test_one_variants_setting_reruns_its_chain_and_the_reports_only(dvc_project, tmp_path):
-    clone = tmp_path / "clone"
-    shutil.copytree(dvc_project, clone, symlinks=True)
+    clone = dvc_project  # this test's own copy
     sh("git", "add", "-A", cwd=clone)
     sh("git", "commit", "-qm", "results", cwd=clone)  # an experiment starts from a commit
     proc = sh(BIN / "dvc", "exp", "run", "-S", "variants.purify.dedup=matrix_nms", cwd=clone).stdout
@@ -421,7 +353,7 @@ def test_dvc_and_snakemake_rerun_the_same_jobs_and_only_where_a_result_can_chang
     assert snakemake_plan(dvc_project) == {}, "Snakemake would redo DVC's work"
     for key, value, expected in CHANGES:
         project = tmp_path / key
-        shutil.copytree(dvc_project, project, symlinks=True)  # times kept: Snakemake compares them
+        copy_built(dvc_project, project)
         params = yaml.safe_load((project / "params.yaml").read_text())
         _set(params, key, value)
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -438,8 +370,7 @@ def test_dvc_and_snakemake_rerun_the_same_jobs_and_only_where_a_result_can_chang
 @pytest.mark.slow
 def test_a_seed_added_or_removed_is_seen_by_dvc_before_any_pep_settings(dvc_project, tmp_path):
     """No `pep settings` first: the new seed's jobs find their settings file already there."""
-    project = tmp_path / "project"
-    shutil.copytree(dvc_project, project, symlinks=True)
+    project = dvc_project  # this test's own copy
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["seeds"] = [0, 1]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -463,8 +394,7 @@ def test_one_workspace_two_tools_agree_after_a_refused_smoke_run_a_reverted_chan
     is refused (it left the run folder's time changed), a setting changed and changed back
     (Snakemake compares times, DVC hashes), `snakemake --touch` (Snakemake's time stamp inside
     DVC's folder outputs). After each, neither tool reruns anything."""
-    project = tmp_path / "project"
-    shutil.copytree(dvc_project, project, symlinks=True)  # times kept: Snakemake compares them
+    project = dvc_project  # this test's own copy
     refused = sh(BIN / "pep", "train", "--variant", "baseline", "--max-iters", "2", "--no-tracking", cwd=project,
                  check=False)
     assert refused.returncode == 2 and "a smoke run (--max-iters) would replace it" in refused.stderr
@@ -486,12 +416,26 @@ def test_one_workspace_two_tools_agree_after_a_refused_smoke_run_a_reverted_chan
 
 
 @pytest.mark.slow
-def test_snakemake_makes_the_same_outputs_as_dvc(dvc_project, tmp_path):
-    project = copy_project(tmp_path / "smk")
+def test_snakemake_makes_the_same_outputs_as_dvc(dvc_project, dvc_project_build):
+    """In the DVC-built workspace with one variant's outputs and the reports gone, Snakemake plans
+    exactly that variant's chain and the reports, runs them with the local profile and makes
+    DVC's numbers and mechanism report. (Snakemake's whole DAG from scratch is DVC's, job by job:
+    test_dvc_yaml_and_snakefile_describe_one_dag; its data, validation, training and scoring rules
+    run from scratch through SLURM in test_snakemake_runs_the_pipeline_through_slurm.)"""
+    project, variant = dvc_project, "pep"  # the variant that runs every module
+    for name in (f"runs/{variant}", f"results/{variant}", f"metrics/{variant}", f"submissions/{variant}",
+                 "reports/tables", "reports/figures", "reports/plots", "reports/README.md", "reports/index.html"):
+        path = project / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    chain = {f"train@{variant}-0", *(f"{stage}@{variant}" for stage in SCORING)}
+    assert set(snakemake_plan(project)) == chain | REPORTS
     sh(BIN / "snakemake", "--profile", "workflow/profiles/default", "--cores", "2", cwd=project)
     for name in EXPECTED_OUTPUTS:
         assert (project / name).stat().st_size > 0, name
-    assert result_numbers(project) == result_numbers(dvc_project)
+    built = dvc_project_build.project
+    assert result_numbers(project) == result_numbers(built)
+    mechanisms = f"metrics/{variant}/mechanisms.json"
+    assert json.loads((project / mechanisms).read_text()) == json.loads((built / mechanisms).read_text())
     dry = sh(BIN / "snakemake", "--dry-run", cwd=project).stdout
     assert "Nothing to be done" in dry
     # the self-contained report holds every table and figure (the `report()` outputs)
@@ -586,8 +530,9 @@ def test_a_signalled_training_job_is_resubmitted_and_resumes_to_the_uninterrupte
         while snakemake.poll() is None and time.monotonic() < deadline and \
                 len(train_log.read_text().splitlines() if train_log.exists() else []) < 5:
             time.sleep(0.2)
+        ours = set(job_ids_in(log.read_text()))  # other tests may have jobs on the cluster too
         (first,) = [line.split()[0] for line in sh("squeue", "-h", "-o", "%i %k", cwd=project).stdout.splitlines()
-                    if "rule_train" in line]
+                    if "rule_train" in line and line.split()[0] in ours]
         done_before = len(train_log.read_text().splitlines())
         sh("scancel", "--signal=TERM", first, cwd=project)  # the job's steps, as --signal does
         snakemake.wait(timeout=600)
@@ -660,24 +605,28 @@ def test_the_coco_profile_runs_end_to_end_on_real_coco_images(tmp_path):
     _deep_update(params["profiles"]["coco"], shrunk)
     project = copy_project(tmp_path / "project")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = sh(BIN / "dvc", "repro", cwd=project, timeout=1200)
+    # the chain of the variant that runs every module; the other variants' chains and the reports
+    # are the same code at any profile, and run on the synthetic set (dvc_project)
+    variant = "pep"
+    proc = sh(BIN / "dvc", "repro", *(f"{stage}@{variant}" for stage in SCORING), cwd=project, timeout=1200)
+    ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
+    assert ran == {"settings", "data", "validate@train", "validate@val",
+                   f"train@{variant}-0", *(f"{stage}@{variant}" for stage in SCORING)}, ran
     assert "COCO found in place" in proc.stdout  # nothing downloaded: the folders are there
     manifest = json.loads((project / "data" / "coco" / "manifest.json").read_text())
     assert manifest["root"] == str(root) and manifest["annotations"]["val_annotations"]["md5"]
-    for variant in VARIANTS:
-        val = json.loads((project / "metrics" / variant / "val.json").read_text())
-        assert 0 <= val["AP"] <= 100 and val["split"] == "val"
-        test_dev = json.loads((project / "metrics" / variant / "test-dev.json").read_text())
-        assert "AP" not in test_dev and "COCO server" in test_dev["scored"]
-        with zipfile.ZipFile(project / test_dev["submission"]) as z:
-            (name,) = z.namelist()
-            detections = json.loads(z.read(name))
-        assert name == f"detections_test-dev2017_pep-{variant}_results.json"
-        assert {d["image_id"] for d in detections} <= {i["id"] for i in json.loads(
-            (root / "annotations" / "image_info_test-dev2017.json").read_text())["images"]}
-    ablation = (project / "reports" / "tables" / "ablation.md").read_text()
-    assert all(v in ablation for v in VARIANTS)
-    assert (project / "reports" / "figures" / "qualitative.png").stat().st_size > 0
+    mechanisms = json.loads((project / "metrics" / variant / "mechanisms.json").read_text())
+    assert mechanisms["data"]["val"]["instances"] > 0
+    val = json.loads((project / "metrics" / variant / "val.json").read_text())
+    assert 0 <= val["AP"] <= 100 and val["split"] == "val"
+    test_dev = json.loads((project / "metrics" / variant / "test-dev.json").read_text())
+    assert "AP" not in test_dev and "COCO server" in test_dev["scored"]
+    with zipfile.ZipFile(project / test_dev["submission"]) as z:
+        (name,) = z.namelist()
+        detections = json.loads(z.read(name))
+    assert name == f"detections_test-dev2017_pep-{variant}_results.json"
+    assert {d["image_id"] for d in detections} <= {i["id"] for i in json.loads(
+        (root / "annotations" / "image_info_test-dev2017.json").read_text())["images"]}
 
 
 def _deep_update(base: dict, extra: dict) -> None:
