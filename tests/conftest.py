@@ -143,9 +143,3 @@ def small_synth(tmp_path_factory, small_synth_cfg) -> Path:
     root = tmp_path_factory.mktemp("synth") / "synth"
     generate(small_synth_cfg, root, progress=False)
     return root
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _start_shared_builds(dvc_project_build):
-    """At each process's first test: the `dvc repro` project starts building in the background
-    when any test of the run needs it (tests/tiny_pipeline.py)."""

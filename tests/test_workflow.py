@@ -481,7 +481,7 @@ def test_results_travel_through_a_dvc_remote_without_retraining(dvc_project, tmp
 def test_snakemake_runs_the_pipeline_through_slurm(slurm_cluster, dvc_project, tmp_path):
     """One variant's chain, every kind of cluster job (data, validation, training and the three
     scoring rules) through SLURM, with DVC's numbers; the other variants run the same rules, and
-    Snakemake's whole DAG from scratch is test_snakemake_makes_the_same_outputs_as_dvc's."""
+    Snakemake's whole DAG is DVC's job by job (test_dvc_yaml_and_snakefile_describe_one_dag)."""
     project = copy_project(tmp_path / "slurm")
     variant = "baseline"
     targets = [f"metrics/{variant}/val.json", f"metrics/{variant}/mechanisms.json",

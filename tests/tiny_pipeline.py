@@ -8,8 +8,8 @@ folder) and runs it in a background thread while both workers go on with other t
 that asks for the project waits for it there and gets its own copy (`copy_built`), so tests
 may change it freely and run on either worker. Built by each worker it cost 130 to 140 s twice.
 
-Register with `pytest_plugins = ["tiny_pipeline"]` in a test module (tests/ is on sys.path).
-PYTEST_DONT_REWRITE: it has no asserts, and test modules import it before registering it.
+tests/conftest.py registers it (`pytest_plugins`; tests/ is on sys.path). PYTEST_DONT_REWRITE: it
+has no asserts to rewrite.
 """
 
 from __future__ import annotations
@@ -163,11 +163,11 @@ def _shared_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: popen-gwN's parent
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def dvc_project_build(request, tmp_path_factory) -> SharedBuild:
-    """Starts the build when any test of the run needs it. tests/conftest.py asks for this at
-    each process's first test: an autouse fixture here would reach only the tests collected
-    after the module that registers this plugin (test_workflow.py, collected last)."""
+    """Starts the build at each process's first test when any test of the run needs it. Autouse
+    reaches every test only because tests/conftest.py registers this plugin before collection:
+    registered by a test module, it reached only the tests collected after that module."""
     build = SharedBuild(_shared_root(tmp_path_factory))
     needed = any("dvc_project" in getattr(item, "fixturenames", ()) for item in request.session.items)
     thread = None
@@ -175,9 +175,10 @@ def dvc_project_build(request, tmp_path_factory) -> SharedBuild:
         thread = threading.Thread(target=build.build, name="dvc_project build", daemon=True)
         thread.start()
     yield build
-    if thread is not None and thread.is_alive():  # the run ended first (-x, ^C): no orphan left
-        build.stop()
-        thread.join(timeout=30)
+    if thread is not None and thread.is_alive():
+        if request.session.shouldfail or request.session.shouldstop:  # -x and the like: no orphan
+            build.stop()
+        thread.join()  # else another process may still be waiting for the project
 
 
 @pytest.fixture
