@@ -92,11 +92,11 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from throughput_lib.batches import TINY_COCO, Batch, load_batch, load_matched_batch  # noqa: E402
-from throughput_lib.models import (MASKRCNN, MATCHED_PROFILE, MATCHED_VARIANT, MODELS,  # noqa: E402
-                                   build_subject, matched_params)
-from throughput_lib.report import cpu_name, format_matched, format_table, log, summarise, warn_if_busy  # noqa: E402
-from throughput_lib.timing import (MatchedResult, OthersMeter, Result, measure, measure_pair, sgd,  # noqa: E402
-                                   training_step)
+from throughput_lib.models import MATCHED_PROFILE, MATCHED_VARIANT, MODELS, build_subject, matched_params  # noqa: E402
+from throughput_lib.report import (cpu_name, format_breakdowns, format_matched, format_table, log,  # noqa: E402
+                                   summarise, warn_if_busy)
+from throughput_lib.timing import (MATCHED_MODELS, MatchedResult, OthersMeter, Result, measure_demo,  # noqa: E402
+                                   measure_pair, ratio_spread, sgd, training_step)
 
 WIDTHS = ("demo", "coco", "both")
 
@@ -133,8 +133,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="demo comparison: COCO-layout folder to read the training split from, paths as in "
                         "params (default: generate a small synthetic set in a temporary folder)")
     p.add_argument("--batch", type=int, default=None, help="demo comparison: images per step (default: train.batch_size)")
-    p.add_argument("--warmup", type=int, default=2, help="demo comparison: untimed iterations before timing (default 2)")
-    p.add_argument("--iters", type=int, default=10, help="demo comparison: timed iterations (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="demo comparison: untimed rounds before timing (default 2)")
+    p.add_argument("--iters", type=int, default=12,
+                   help="demo comparison: timed rounds, one iteration of every model each, in turns (default 12)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="demo comparison: a runs/ folder (runs/<variant>/seed<N>/model_final.pt) whose trained PEP "
+                        "variants to time, so that inference post-processes real detections (default: fresh "
+                        "weights, which keep almost none)")
+    p.add_argument("--weights-seed", type=int, default=0, help="the seed of the --weights models (default 0)")
+    p.add_argument("--breakdown-iters", type=int, default=3,
+                   help="profiled iterations of each PEP variant for the per-module breakdown (default 3; 0: none)")
+    p.add_argument("--amp", choices=("auto", "off"), default="auto",
+                   help="training under bfloat16 autocast where the CPU has native bf16, as `pep train` "
+                        "(train.amp) does (auto, the default), or in full precision (off); inference is in "
+                        "full precision, as `pep evaluate`")
     p.add_argument("--threads", type=int, default=all_cores(),
                    help=f"torch.set_num_threads (default: all cores, here {all_cores()})")
     p.add_argument("--seed", type=int, default=0, help="seed of every model's initial weights")
@@ -150,7 +162,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     coco.add_argument("--coco-warmup", type=int, default=None,
                       help="untimed iterations (default: 1, or --warmup when that is smaller)")
     coco.add_argument("--coco-iters", type=int, default=None,
-                      help="timed iterations (default: 3, or --iters when that is smaller)")
+                      help="timed rounds (default: 3, or --iters when that is smaller)")
     coco.add_argument("--coco-depths", type=depth_list, default=[50, 101],
                       help="ResNet depths to compare, both sides the same (default 50,101)")
     coco.add_argument("--coco-train-depths", type=depth_list, default=None,
@@ -162,8 +174,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="only profile --iters training steps of this model of the demo comparison "
                            "(after --warmup; --widths is ignored)")
     args = p.parse_args(argv)
-    if args.iters < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
-        p.error("need --iters >= 1, --warmup >= 0 and --batch >= 1")
+    if args.iters < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1) or args.breakdown_iters < 0:
+        p.error("need --iters >= 1, --warmup >= 0, --batch >= 1 and --breakdown-iters >= 0")
+    if args.weights is not None and not args.weights.is_dir():
+        p.error(f"--weights {args.weights}: no such folder (expected a runs/ folder of `pep train`)")
     if args.threads < 1:
         p.error("need --threads >= 1")
     args.coco_warmup = min(1, args.warmup) if args.coco_warmup is None else args.coco_warmup
@@ -193,31 +207,42 @@ def run_profile(name: str, cfg: dict, batch: Batch, args: argparse.Namespace) ->
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
 
 
+def amp_dtype(args: argparse.Namespace) -> torch.dtype | None:
+    from pep.engine.train import autocast_dtype
+
+    return autocast_dtype(args.amp == "auto", torch.device("cpu"))
+
+
 def run_matched(args: argparse.Namespace) -> dict:
     coco = load_params(args.params, profile=MATCHED_PROFILE)
     cfg = matched_params(coco, args.coco_depths[0])
     batch, source = load_matched_batch(cfg, args)
+    amp = amp_dtype(args)
     log(f"matched widths: batch {tuple(batch.images.shape)}, "
-        f"{sum(len(t['labels']) for t in batch.targets)} instances, {torch.get_num_threads()} thread(s)")
+        f"{sum(len(t['labels']) for t in batch.targets)} instances, {torch.get_num_threads()} thread(s), "
+        f"training in {amp or 'full precision'}")
     others = OthersMeter()
     results: list[MatchedResult] = []
     for depth in args.coco_depths:
         started = time.perf_counter()
-        pair = measure_pair(coco, depth, batch, args)
-        results += pair
+        timed = measure_pair(coco, depth, batch, args, amp)
+        results += timed
         gc.collect()  # drop this depth's models, graphs and buffers before building the next
-        for r in pair:
+        for r in timed:
             train = "not timed" if r.train_ms_per_img is None else f"{r.train_ms_per_img:.0f} ms/img"
             log(f"{r.label}: train {train}, infer {r.infer_ms_per_img:.0f} ms/img")
-        log(f"R{depth} pair: {time.perf_counter() - started:.0f} s")
+        log(f"R{depth}: {time.perf_counter() - started:.0f} s")
     m, bb = cfg["model"], cfg["model"]["backbone"]
-    ratios = {}
+    ratios, spreads = {}, {}
     for depth in args.coco_depths:
-        pep, rcnn = (next(r for r in results if r.model == k and r.depth == depth) for k in (MATCHED_VARIANT, MASKRCNN))
-        ratios[f"R{depth}"] = {  # PEP's images/s over Mask R-CNN's: > 1 means PEP is faster
-            "train": None if pep.train_ms_per_img is None else rcnn.train_ms_per_img / pep.train_ms_per_img,
-            "infer": rcnn.infer_ms_per_img / pep.infer_ms_per_img,
-        }
+        base, pep, rcnn = (next(r for r in results if r.model == k and r.depth == depth) for k in MATCHED_MODELS)
+        # PEP's images/s over Mask R-CNN's: > 1 means PEP is faster; against baseline, pep's time
+        # per image over baseline's in inference (<= 1.1 is the target) and images/s in training
+        pairs = {"train": (rcnn.train_ms_each, pep.train_ms_each), "infer": (rcnn.infer_ms_each, pep.infer_ms_each),
+                 "pep_train_vs_baseline": (base.train_ms_each, pep.train_ms_each),
+                 "pep_infer_time_vs_baseline": (pep.infer_ms_each, base.infer_ms_each)}
+        spreads[f"R{depth}"] = {k: None if a is None else asdict(ratio_spread(a, b)) for k, (a, b) in pairs.items()}
+        ratios[f"R{depth}"] = {k: None if v is None else v["median"] for k, v in spreads[f"R{depth}"].items()}
     return {
         "profile": MATCHED_PROFILE,
         "pep_variant": MATCHED_VARIANT,
@@ -237,6 +262,7 @@ def run_matched(args: argparse.Namespace) -> dict:
         "max_size": args.coco_max_size,
         "warmup": args.coco_warmup,
         "iters": args.coco_iters,
+        "train_amp": str(amp) if amp else None,
         "depths": args.coco_depths,
         "train_depths": args.coco_train_depths,
         "other_processes_cpu_share": others.share(),
@@ -244,23 +270,26 @@ def run_matched(args: argparse.Namespace) -> dict:
                      "train_img_s": None if r.train_ms_per_img is None else 1000 / r.train_ms_per_img,
                      "infer_img_s": 1000 / r.infer_ms_per_img} for r in results],
         "ratios_pep_vs_maskrcnn": ratios,
+        "ratio_spreads": spreads,
+        "breakdowns": {r.model: {"train": r.train_breakdown, "infer": r.infer_breakdown}
+                       for r in results if r.infer_breakdown is not None},
     }
 
 
 def run_demo(args: argparse.Namespace) -> tuple[dict, dict[str, Result]]:
     cfg = load_params(args.params, profile=args.profile)
     batch = load_batch(cfg, args.data, args.batch or cfg["train"]["batch_size"])
+    amp = amp_dtype(args)
     log(f"demo widths: batch {tuple(batch.images.shape)}, {sum(len(t['labels']) for t in batch.targets)} "
-        f"instances, {torch.get_num_threads()} thread(s)")
+        f"instances, {torch.get_num_threads()} thread(s), training in {amp or 'full precision'}, "
+        f"{'weights of ' + str(args.weights) if args.weights else 'fresh weights'}")
     others = OthersMeter()
-    results: dict[str, Result] = {}
-    for name in MODELS:
-        started = time.perf_counter()
-        results[name] = measure(name, cfg, batch, args)
-        gc.collect()  # drop the last model's graph and buffers before timing the next
-        log(f"{name}: train {results[name].train_img_s:.2f} img/s, infer {results[name].infer_img_s:.2f} img/s "
-            f"({time.perf_counter() - started:.0f} s)")
-    summary = summarise(results, cfg, batch, args, others.share())
+    started = time.perf_counter()
+    results = measure_demo(cfg, batch, args, amp)
+    for name, r in results.items():
+        log(f"{name}: train {r.train_img_s:.2f} img/s, infer {r.infer_img_s:.2f} img/s")
+    log(f"demo comparison: {time.perf_counter() - started:.0f} s")
+    summary = summarise(results, cfg, batch, args, others.share(), amp)
     warn_if_busy(summary["other_processes_cpu_share"], "demo comparison")
     return summary, results
 
@@ -295,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(format_matched(matched, torch.get_num_threads(), cpu_name()))
     if summary is not None:
         parts.append(format_table(summary, results))
+        parts.append(format_breakdowns("DEMO WIDTHS", summary["breakdowns"]))
+    if matched is not None and matched["breakdowns"]:
+        parts.append(format_breakdowns(f"MATCHED WIDTHS, R{args.coco_depths[0]}", matched["breakdowns"]))
     print("\n\n".join(parts))
     return 0
 

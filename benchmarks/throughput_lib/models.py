@@ -3,9 +3,10 @@
 A subject is a model with one training forward (its summed losses) and one inference forward
 of the batch, both closures over that batch: the PEP variants (`pep.model.build_model`), the
 PEP backbone + FPN alone (`FeatureExtractor`), torchvision's Mask R-CNN with its default heads
-on a given backbone, and the matched comparison's two sides (the coco profile's PEP and Mask
-R-CNN on `resnet_fpn_backbone` of the same depth, norm and trainable stages). All start from
-fresh weights; nothing is downloaded.
+on a given backbone, and the matched comparison's subjects (the coco profile's PEP, its
+`baseline` and `pep` variants, and Mask R-CNN on `resnet_fpn_backbone` of the same depth, norm
+and trainable stages). All start from fresh weights (the demo comparison's PEP variants may
+then load trained ones); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MASKRCNN = "maskrcnn"
 BACKBONE = "backbone"
 MODELS = (*VARIANTS, MASKRCNN, BACKBONE)
 MATCHED_PROFILE = "coco"  # the params.yaml profile that holds the paper's widths
-MATCHED_VARIANT = "pep"
+MATCHED_VARIANT = "pep"  # the full model; `baseline` is timed beside it
 
 
 @dataclass
@@ -93,10 +94,10 @@ def matched_params(coco: dict, depth: int) -> dict:
 
 
 def matched_subject(model: str, cfg: dict, batch: Batch) -> tuple[Subject, nn.Module]:
-    """One side of the matched comparison and its backbone + FPN."""
+    """One subject of the matched comparison (a PEP variant or MASKRCNN) and its backbone + FPN."""
     images, targets = batch.images, batch.targets
-    if model == MATCHED_VARIANT:
-        pep = build_model(cfg, MATCHED_VARIANT, batch.category_ids)
+    if model in VARIANTS:
+        pep = build_model(cfg, model, batch.category_ids)
         return Subject(pep, lambda: sum(pep(images, targets).values()),
                        lambda: sum(len(p["scores"]) for p in pep(images, targets))), pep.features.body
     bb = cfg["model"]["backbone"]

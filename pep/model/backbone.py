@@ -12,6 +12,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from pep.model.scopes import scope
+
 # torchvision's resnet stages, from the last (trained first) to the stem.
 _STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]
 FPN_NAMES = ["p2", "p3", "p4", "p5", "p6"]
@@ -59,7 +61,11 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """images (B, 3, H, W) in [0, 1], H and W multiples of 32."""
-        feats = self.body((images - self.mean) / self.std)
+        # BackboneWithFPN's own forward, in two scopes
+        with scope("backbone"):
+            feats = self.body.body((images - self.mean) / self.std)
+        with scope("fpn"):
+            feats = self.body.fpn(feats)
         return OrderedDict(zip(FPN_NAMES, feats.values()))
 
     def level_features(self, fpn: "OrderedDict[str, torch.Tensor]") -> list[torch.Tensor]:

@@ -21,6 +21,7 @@ from pep.model.mask import MASK_STRIDE, MaskLearning, downsample_masks
 from pep.model.perceive import SemanticsPerceiving
 from pep.model.postprocess import masks_to_image, matrix_nms
 from pep.model.purify import InstancePurifying
+from pep.model.scopes import scope
 
 
 class PEP(nn.Module):
@@ -47,35 +48,49 @@ class PEP(nn.Module):
         self.mask = MaskLearning(m["fpn_channels"], d, head["norm_groups"], m["mask"]["dice_eps"])
 
     def forward(self, images: torch.Tensor, targets: list[dict]):
-        fpn = self.features(images)
-        context, logits, desc_maps = self.perceive(self.features.level_features(fpn))
-        feature = self.mask.general_feature(fpn)
+        context, logits, desc_maps, feature = self._shared(images)
         if self.training:
             return self._losses(images, targets, context, logits, desc_maps, feature)
         return self._predict(targets, context, logits, desc_maps, feature)
+
+    def _shared(self, images: torch.Tensor):
+        """What training and every inference switch share: features, perceiving's maps, the
+        general feature."""
+        fpn = self.features(images)
+        with scope("perceiving"):
+            context, logits, desc_maps = self.perceive(self.features.level_features(fpn))
+        with scope("mask_learning.feature"):
+            feature = self.mask.general_feature(fpn)
+        return context, logits, desc_maps, feature
 
     # --- training ---
 
     def _losses(self, images, targets, context, logits, desc_maps, feature) -> dict[str, torch.Tensor]:
         size = tuple(images.shape[-2:])
-        level_targets = self.perceive.targets(targets, size)
+        with scope("perceiving.targets"):
+            level_targets = self.perceive.targets(targets, size)
+            gt_masks = downsample_masks(torch.cat([t["masks"] for t in targets]))
         counts = torch.tensor([len(t["labels"]) for t in targets], device=images.device)
         gt_offsets = counts.cumsum(0) - counts  # image b's instances start here in the flat lists
-        losses = {"loss_sem": self.perceive.loss(logits, level_targets)}
-        originals = self.perceive.select_training(desc_maps, logits, level_targets)
+        with scope("perceiving.loss"):
+            losses = {"loss_sem": self.perceive.loss(logits, level_targets)}
+        with scope("perceiving.select"):
+            originals = self.perceive.select_training(desc_maps, logits, level_targets)
         parts = [originals]
         if self.excavate is not None:
-            mined, loss_centre, loss_class = self.excavate.training_step(
-                context, originals, level_targets, torch.cat([t["labels"] for t in targets]), gt_offsets)
+            with scope("excavating"):
+                mined, loss_centre, loss_class = self.excavate.training_step(
+                    context, originals, level_targets, torch.cat([t["labels"] for t in targets]), gt_offsets)
             parts.append(mined)
             losses["loss_exc"] = self.cfg["excavate"]["loss_weight"] * loss_centre
             losses["loss_exc_cls"] = self.cfg["excavate"]["cls_loss_weight"] * loss_class
         descriptors = Descriptors.cat(parts)
         if self.purify is not None:
-            losses["loss_pur"] = self.cfg["purify"]["loss_weight"] * self.purify.loss(descriptors)
-        gt_masks = downsample_masks(torch.cat([t["masks"] for t in targets]))
-        losses["loss_mask"] = self.cfg["mask"]["loss_weight"] * self.mask.loss(feature, descriptors, gt_masks,
-                                                                                gt_offsets)
+            with scope("purifying"):
+                losses["loss_pur"] = self.cfg["purify"]["loss_weight"] * self.purify.loss(descriptors)
+        with scope("mask_learning.loss"):
+            losses["loss_mask"] = self.cfg["mask"]["loss_weight"] * self.mask.loss(feature, descriptors, gt_masks,
+                                                                                    gt_offsets)
         return losses
 
     # --- inference ---
@@ -95,19 +110,19 @@ class PEP(nn.Module):
                          switches: dict[str, tuple[bool, str | None, bool]]) -> dict[str, list[dict]]:
         """`predict` under several (mine, dedup, trace) switches, by name, from one pass of the
         backbone, FPN and perceiving: no switch changes them."""
-        fpn = self.features(images)
-        context, logits, desc_maps = self.perceive(self.features.level_features(fpn))
-        feature = self.mask.general_feature(fpn)
+        context, logits, desc_maps, feature = self._shared(images)
         return {name: self._predict(targets, context, logits, desc_maps, feature, mine, dedup, trace)
                 for name, (mine, dedup, trace) in switches.items()}
 
     @torch.no_grad()
     def _predict(self, targets, context, logits, desc_maps, feature, mine=True, dedup=None,
                  trace=False) -> list[dict]:
-        originals = self.perceive.select_inference(desc_maps, logits)
+        with scope("perceiving.select"):
+            originals = self.perceive.select_inference(desc_maps, logits)
         parts = [originals]
         if self.excavate is not None and mine and len(originals):
-            parts.append(self.excavate.mine(context, originals))
+            with scope("excavating"):
+                parts.append(self.excavate.mine(context, originals))
         descriptors = Descriptors.cat(parts)
         dedup = dedup or self.variant_cfg["dedup"]
         if dedup == "purify_merge" and self.purify is None:
@@ -122,28 +137,45 @@ class PEP(nn.Module):
         w = -(-target["size"][1] // MASK_STRIDE)
 
         def mask_probs(descriptors: Descriptors) -> torch.Tensor:
-            probs = MaskLearning.mask_logits(feature, descriptors).sigmoid()
-            probs[:, h:, :] = 0  # nothing of an instance lies in the batch's padding
-            probs[:, :, w:] = 0
+            with scope("mask_learning.masks"):
+                probs = MaskLearning.mask_logits(feature, descriptors).sigmoid()
+                probs[:, h:, :] = 0  # nothing of an instance lies in the batch's padding
+                probs[:, :, w:] = 0
             return probs
 
         all_probs = mask_probs(d)
         source = torch.arange(len(d), device=d.kernels.device)  # each candidate's row in d
         groups = None
         if dedup == "purify_merge" and len(d):
-            source, groups = self.purify.merge(d, all_probs > inf["mask_threshold"])
-            merged = d.select(source)
-            if self.cfg["purify"]["merge_rule"] == "seed":
-                probs = all_probs[source]
-            else:
-                merged.kernels = self.purify.merged_kernels(d, groups)
-                probs = mask_probs(merged)
+            with scope("purifying"):
+                source, groups = self.purify.merge(d, all_probs > inf["mask_threshold"])
+                merged = d.select(source)
+                if self.cfg["purify"]["merge_rule"] == "seed":
+                    probs = all_probs[source]
+                else:
+                    merged.kernels = self.purify.merged_kernels(d, groups)
+                    probs = mask_probs(merged)
         else:
             merged, probs = d, all_probs
+        with scope("postprocess"):
+            out, order = self._rescore_and_resize(probs, merged, target, dedup)
+        source = source[order]
+        if trace:
+            with scope("postprocess"):
+                out["trace"] = {"descriptors": d, "groups": groups, "source": source,
+                                "masks": masks_to_image(all_probs, target["size"], target["orig_size"],
+                                                        MASK_STRIDE, inf["mask_threshold"])}
+        return out
+
+    def _rescore_and_resize(self, probs: torch.Tensor, merged: Descriptors, target: dict,
+                            dedup: str) -> tuple[dict, torch.Tensor]:
+        """SOLOv2's tail: drop tiny masks, score by maskness, Matrix NMS, the best
+        `max_detections` at the image's size. Returns them and their rows in `merged`."""
+        inf = self.cfg["inference"]
         binary = probs > inf["mask_threshold"]
         area = binary.flatten(1).sum(1)
-        keep = area > inf["min_mask_pixels"]
-        probs, binary, area, merged, source = probs[keep], binary[keep], area[keep], merged.select(keep), source[keep]
+        keep = torch.nonzero(area > inf["min_mask_pixels"]).squeeze(1)
+        probs, binary, area, merged = probs[keep], binary[keep], area[keep], merged.select(keep)
         maskness = (probs * binary).flatten(1).sum(1) / area.clamp(min=1)
         scores = merged.scores * maskness
         order = torch.argsort(scores, descending=True)
@@ -153,20 +185,15 @@ class PEP(nn.Module):
                                 inf["matrix_nms"]["kernel"], inf["matrix_nms"]["sigma"])
         else:
             scores = scores[order]
-        keep = scores >= inf["score_threshold"]
-        order, scores = order[keep], scores[keep]
+        passed = scores >= inf["score_threshold"]
+        order, scores = order[passed], scores[passed]
         top = torch.argsort(scores, descending=True)[: inf["max_detections"]]
         order, scores = order[top], scores[top]
         masks = masks_to_image(probs[order], target["size"], target["orig_size"], MASK_STRIDE,
                                inf["mask_threshold"])
         labels = merged.labels[order]
-        out = {"masks": masks, "labels": labels, "category_ids": self.category_ids[labels],
-               "scores": scores, "mined": merged.mined[order]}
-        if trace:
-            out["trace"] = {"descriptors": d, "groups": groups, "source": source[order],
-                            "masks": masks_to_image(all_probs, target["size"], target["orig_size"],
-                                                    MASK_STRIDE, inf["mask_threshold"])}
-        return out
+        return {"masks": masks, "labels": labels, "category_ids": self.category_ids[labels],
+                "scores": scores, "mined": merged.mined[order]}, keep[order]
 
 
 def build_model(cfg: dict, variant: str, category_ids: list[int]) -> PEP:
