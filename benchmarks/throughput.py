@@ -48,6 +48,11 @@ common size. Mask R-CNN gets them as a list with min_size/max_size equal to that
 transform does not resize them, and the same instances as targets (labels shifted to 1..C,
 class 0 being its background). The matched comparison feeds its images the same way.
 
+Both comparisons time their models in the same rounds (one iteration of each per round, the
+order rotated) and report the median round, its quartiles and the ratios' spread; each PEP
+variant also gets a per-module breakdown (throughput_lib/breakdown.py: time per box of Fig. 2,
+forward and backward). `--weights runs` times the demo's trained variants instead of fresh ones.
+
 Run from the project root:
 
     .venv/bin/python benchmarks/throughput.py                 # both comparisons

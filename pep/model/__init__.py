@@ -6,6 +6,7 @@
 - purify.py     instance purifying: descriptor similarity, merge at inference
 - mask.py       mask learning: general feature, descriptors as dynamic kernels, dice loss
 - detector.py   the whole, for any of the four ablation variants (`build_model`)
+- scopes.py     the boxes' names for profilers (where a step spends its time)
 """
 
 from pep.model.detector import PEP, build_model
