@@ -2,7 +2,7 @@
 
 - `summarise`: the demo comparison's results as one JSON-ready dict, with its ratios (medians of
   the round-by-round ratios, their quartiles and after how many rounds they settled) and
-  whether each speed target (`TARGETS`, `MATCHED_TARGETS`) passes;
+  whether each speed target (`TARGETS`; at both widths `MODULE_TARGETS`) passes;
 - `format_table` / `format_matched`: the text tables of the demo and matched comparisons;
 - `format_breakdowns`: each PEP variant's time per box of Fig. 2, training and inference;
 - `warn_if_busy`: a warning on stderr when other processes took a noticeable share of the CPU;
