@@ -40,10 +40,9 @@ class Breakdown:
     def total(self, name: str) -> float:
         return self.forward.get(name, 0.0) + self.backward.get(name, 0.0)
 
-    def rows(self) -> list[str]:
-        """Scopes in Fig. 2's order, then the optimizer and `other`; only those with any time."""
-        names = [*SCOPES, OPTIMIZER, OTHER]
-        return [n for n in names if self.total(n) > 0]
+    def rows(self, min_ms: float = 0.0) -> list[str]:
+        """Scopes in Fig. 2's order, then the optimizer and `other`; those above `min_ms`."""
+        return [n for n in (*SCOPES, OPTIMIZER, OTHER) if self.total(n) > min_ms]
 
 
 def _scope_of(event) -> str | None:

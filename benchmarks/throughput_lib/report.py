@@ -25,7 +25,7 @@ from pep.config import VARIANTS
 from .batches import Batch
 from pep.model.scopes import SCOPES
 
-from .breakdown import OPTIMIZER, OTHER
+from .breakdown import OPTIMIZER, OTHER, Breakdown
 from .models import BACKBONE, MASKRCNN
 from .timing import Result, Spread, ratio_spread
 
@@ -185,25 +185,21 @@ def format_breakdowns(title: str, breakdowns: dict[str, dict]) -> str:
     lines = [f"{title}: time per box of Fig. 2 under the profiler, ms/image (training: forward + backward)",
              ""]
     for mode in ("train", "infer"):
-        found = {n: b[mode] for n, b in breakdowns.items() if b.get(mode)}
+        found = {n: Breakdown(**b[mode]) for n, b in breakdowns.items() if b.get(mode)}
         if not found:
             continue
-        rows = [r for r in (*SCOPES, OPTIMIZER, OTHER)
-                if any(_scope_ms(b, r) > 0.005 for b in found.values())]
+        shown = {r for b in found.values() for r in b.rows(min_ms=0.005)}
+        rows = [r for r in (*SCOPES, OPTIMIZER, OTHER) if r in shown]
         lines.append(f"{'training' if mode == 'train' else 'inference':<22}" + "".join(f"{n:>18}" for n in found))
         for r in rows:
             cells = []
             for n, b in found.items():
-                ms = _scope_ms(b, r)
-                cells.append(f"{ms:>9.2f} ({100 * ms / b['wall_ms_per_image']:>4.1f}%)" if ms else f"{'-':>18}")
+                ms = b.total(r)
+                cells.append(f"{ms:>9.2f} ({100 * ms / b.wall_ms_per_image:>4.1f}%)" if ms else f"{'-':>18}")
             lines.append(f"  {r:<20}" + "".join(f"{c:>18}" for c in cells))
-        lines.append(f"  {'total':<20}" + "".join(f"{b['wall_ms_per_image']:>9.2f} {'':>7}" for b in found.values()))
+        lines.append(f"  {'total':<20}" + "".join(f"{b.wall_ms_per_image:>9.2f} {'':>7}" for b in found.values()))
         lines.append("")
     return "\n".join(lines).rstrip()
-
-
-def _scope_ms(breakdown: dict, name: str) -> float:
-    return breakdown["forward"].get(name, 0.0) + breakdown["backward"].get(name, 0.0)
 
 
 # --- matched widths ---

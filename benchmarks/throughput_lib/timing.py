@@ -64,9 +64,6 @@ class Spread:
                 settled = k
         return cls(median, q1, q3, len(values), settled)
 
-    def text(self, digits: int = 2, unit: str = "") -> str:
-        return f"{self.median:.{digits}f}{unit} [{self.q1:.{digits}f}-{self.q3:.{digits}f}]"
-
 
 def ratio_spread(numerator_ms: list[float], denominator_ms: list[float]) -> Spread:
     """numerator / denominator, round by round (both timed in the same rounds)."""
