@@ -100,6 +100,40 @@ def test_shapes_and_dtypes_through_every_module(cfg, batch):
     assert masks.shape == (len(originals), H // MASK_STRIDE, W // MASK_STRIDE)
 
 
+def test_excavating_head_equals_its_layers_as_convolutions_on_each_window(cfg):
+    """The head runs its 1x1 layers as matrix products over window cells; the reference cuts
+    each window by hand (zero outside the grid) and runs the same modules as convolutions."""
+    torch.manual_seed(0)
+    model = model_of(cfg, "excavate").eval()
+    exc, r = model.excavate, cfg["model"]["excavate"]["window_radius"]
+    k, grids = 2 * r + 1, cfg["model"]["levels"]["grids"]
+    channels = exc.window_proj.in_channels
+    context = [torch.randn(2, channels, s, s) for s in grids]
+    # a descriptor in a corner, on an edge and inside, on every level and both images
+    cells = [(0, 0), (0, 5), (4, 4), (7, 7)]
+    rows = [(b, lv, y, x) for b in range(2) for lv in range(len(grids)) for y, x in cells if max(y, x) < grids[lv]]
+    b, lv, y, x = (torch.tensor(c) for c in zip(*rows))
+    d = Descriptors(kernels=torch.randn(len(rows), cfg["model"]["descriptor_dim"]), image=b, level=lv,
+                    cell_y=y, cell_x=x, labels=torch.zeros_like(b), scores=torch.rand(len(rows)),
+                    gt_index=torch.full_like(b, -1), mined=torch.zeros(len(rows), dtype=torch.bool))
+    with torch.no_grad():
+        centre, classes, valid = exc(context, d)
+        expected_valid = torch.zeros(len(rows), k, k, dtype=torch.bool)
+        windows = torch.zeros(len(rows), exc.window_proj.out_channels, k, k)
+        for n, (bi, li, yi, xi) in enumerate(rows):
+            projected = exc.window_proj(context[li][bi:bi + 1])[0]
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    if 0 <= yi + dy < grids[li] and 0 <= xi + dx < grids[li]:
+                        windows[n, :, dy + r, dx + r] = projected[:, yi + dy, xi + dx]
+                        expected_valid[n, dy + r, dx + r] = True
+        h = windows + exc.descriptor_proj(d.kernels)[:, :, None, None] + exc.coord_proj(exc.rel_coords[None])
+        h = exc.hidden(h)
+        torch.testing.assert_close(centre, exc.centre_out(h)[:, 0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(classes, exc.class_out(h), rtol=1e-4, atol=1e-5)
+    assert torch.equal(valid, expected_valid)
+
+
 def test_inference_output_contract(cfg, batch):
     images, targets = batch
     loose = copy.deepcopy(cfg)

@@ -70,16 +70,24 @@ class ObjectExcavating(nn.Module):
         """context: perceiving's [(B, channels, S, S)] per level.
         -> centre logits (N, K, K), class logits (N, C + 1, K, K), valid (N, K, K) bool."""
         # the 1x1 projection commutes with cutting windows: run it once per grid, not per window
-        windows, valid = self._windows([self.window_proj(c) for c in context], originals)
-        x = windows + self.descriptor_proj(originals.kernels)[:, :, None, None] \
-            + self.coord_proj(self.rel_coords[None].to(windows.dtype))
-        x = self.hidden(x)
-        return self.centre_out(x)[:, 0], self.class_out(x), valid
+        windows, valid = self._windows([self.window_proj(c) for c in context], originals)  # (N, K*K, ch)
+        # every later layer is 1x1 too: a matrix product over the N * K * K window cells, laid out
+        # cell by cell (a 7x7 convolution input per window costs several times more on a CPU)
+        coord = F.linear(self.rel_coords.flatten(1).T.to(windows.dtype), _as_linear(self.coord_proj))
+        x = windows + self.descriptor_proj(originals.kernels)[:, None, :] + coord
+        for layer in self.hidden:
+            x = F.linear(x, _as_linear(layer), layer.bias) if isinstance(layer, nn.Conv2d) else layer(x)
+        n, k = len(originals), 2 * self.radius + 1
+        centre = F.linear(x, _as_linear(self.centre_out), self.centre_out.bias).view(n, k, k)
+        classes = F.linear(x, _as_linear(self.class_out), self.class_out.bias)  # (N, K*K, C + 1)
+        return centre, classes.transpose(1, 2).unflatten(2, (k, k)), valid
 
     def _windows(self, context: list[torch.Tensor], d: Descriptors):
+        """Each descriptor's (2r+1)^2 window of its level's map, (N, K*K, channels), zero
+        outside the grid, and which window cells lie inside it, (N, K, K)."""
         r, k = self.radius, 2 * self.radius + 1
         channels = context[0].shape[1]
-        out = context[0].new_zeros((len(d), channels, k, k))
+        out = context[0].new_zeros((len(d), k * k, channels))
         ys = d.cell_y[:, None] + self.offsets[0].reshape(1, -1)  # (N, K*K) unpadded coords
         xs = d.cell_x[:, None] + self.offsets[1].reshape(1, -1)
         sizes = torch.tensor(self.grids, device=d.level.device)[d.level][:, None]
@@ -89,8 +97,7 @@ class ObjectExcavating(nn.Module):
             if len(rows) == 0:
                 continue
             padded = F.pad(feat, (r, r, r, r)).permute(0, 2, 3, 1)  # (B, S+2r, S+2r, C)
-            picked = padded[d.image[rows, None], ys[rows] + r, xs[rows] + r]  # (n, K*K, C)
-            out[rows] = picked.transpose(1, 2).reshape(len(rows), channels, k, k)
+            out[rows] = padded[d.image[rows, None], ys[rows] + r, xs[rows] + r]  # (n, K*K, C)
         return out, valid.view(-1, k, k)
 
     # --- training ---
@@ -216,6 +223,11 @@ class ObjectExcavating(nn.Module):
         return Descriptors(kernels=kernels, image=src.image[n], level=src.level[n],
                            cell_y=cell_y, cell_x=cell_x, labels=labels, scores=scores, gt_index=gt_index,
                            mined=torch.ones(len(n), dtype=torch.bool, device=n.device))
+
+
+def _as_linear(conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 convolution's weight as a linear layer's, (out, in)."""
+    return conv.weight.flatten(1)
 
 
 def _cell_keys(image, level, y, x, label, grids: list[int], num_classes: int) -> torch.Tensor:
