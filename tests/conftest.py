@@ -116,11 +116,15 @@ def pytest_configure(config):
 SPREAD_FILES = {"test_workflow.py"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
+    # A wrapper's code before `yield` runs before every plain implementation, xdist's among
+    # them, which reads the groups. Where no group holds (pytest 9.2 with xdist 3.8), each
+    # worker builds a file's module fixtures again: test_setup.py checks that one does.
     for item in items:
         if item.path.name not in SPREAD_FILES:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from pep.config import PROJECT_ROOT
@@ -29,6 +30,15 @@ def test_requirements_environment_and_lock_agree():
     locked = pins((PROJECT_ROOT / "requirements.lock").read_text().splitlines())
     for name, version in direct.items():
         assert locked.get(name) == version, f"{name}: requirements.txt {version}, lock {locked.get(name)}"
+
+
+def test_make_test_keeps_a_file_on_one_worker(request):
+    """Under make test's `--dist loadgroup`, this test carries its file's group: a file's
+    module fixtures are then built once, not once per worker (they were not, silently, with
+    pytest 9.2 and xdist 3.8, whose groups live in the node id)."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run by make test (pytest -n N --dist loadgroup)")
+    assert request.node.nodeid.endswith("@test_setup"), request.node.nodeid
 
 
 def test_ci_calls_make_test():
