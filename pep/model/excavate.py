@@ -73,13 +73,13 @@ class ObjectExcavating(nn.Module):
         windows, valid = self._windows([self.window_proj(c) for c in context], originals)  # (N, K*K, ch)
         # every later layer is 1x1 too: a matrix product over the N * K * K window cells, laid out
         # cell by cell (a 7x7 convolution input per window costs several times more on a CPU)
-        coord = F.linear(self.rel_coords.flatten(1).T.to(windows.dtype), _as_linear(self.coord_proj))
+        coord = _per_cell(self.coord_proj, self.rel_coords.flatten(1).T.to(windows.dtype))
         x = windows + self.descriptor_proj(originals.kernels)[:, None, :] + coord
         for layer in self.hidden:
-            x = F.linear(x, _as_linear(layer), layer.bias) if isinstance(layer, nn.Conv2d) else layer(x)
+            x = _per_cell(layer, x) if isinstance(layer, nn.Conv2d) else layer(x)
         n, k = len(originals), 2 * self.radius + 1
-        centre = F.linear(x, _as_linear(self.centre_out), self.centre_out.bias).view(n, k, k)
-        classes = F.linear(x, _as_linear(self.class_out), self.class_out.bias)  # (N, K*K, C + 1)
+        centre = _per_cell(self.centre_out, x).view(n, k, k)
+        classes = _per_cell(self.class_out, x)  # (N, K*K, C + 1)
         return centre, classes.transpose(1, 2).unflatten(2, (k, k)), valid
 
     def _windows(self, context: list[torch.Tensor], d: Descriptors):
@@ -225,9 +225,9 @@ class ObjectExcavating(nn.Module):
                            mined=torch.ones(len(n), dtype=torch.bool, device=n.device))
 
 
-def _as_linear(conv: nn.Conv2d) -> torch.Tensor:
-    """A 1x1 convolution's weight as a linear layer's, (out, in)."""
-    return conv.weight.flatten(1)
+def _per_cell(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to cells laid out (..., channels), as the linear layer it is."""
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
 def _cell_keys(image, level, y, x, label, grids: list[int], num_classes: int) -> torch.Tensor:
