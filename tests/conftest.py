@@ -127,6 +127,26 @@ def pytest_collection_modifyitems(config, items):
     return (yield)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_stores():
+    """MLflow keeps, for the life of the process, one store per tracking URI (an lru_cache) and
+    one SQLAlchemy engine per database URI, whose pooled sqlite connections stay open. A passing
+    test's tmp_path is deleted (tmp_path_retention_policy) and the next test of the same name
+    prefix gets the same path: its reads in this process then went to the deleted database of
+    the test before (SIGTERM's stop test saw SIGUSR1's finished run once both ran on one
+    worker). Each test starts without either cache."""
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+    store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if store is not None:
+        with store.SqlAlchemyStore._engine_map_lock:
+            for engine in store.SqlAlchemyStore._engine_map.values():
+                engine.dispose()
+            store.SqlAlchemyStore._engine_map.clear()
+
+
 @pytest.fixture(scope="session")
 def default_params() -> dict:
     return load_params(PROJECT_ROOT / "params.yaml", profile="default")
