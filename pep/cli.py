@@ -68,6 +68,14 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
                             args.examples, check_images=not args.skip_image_check, progress=not args.quiet)
 
 
+def cmd_data_crowding(args: argparse.Namespace) -> int:
+    from pep.data.crowding import crowding_command
+
+    coco_cfg = load_params(args.params, profile="coco") if args.coco_root else None
+    return crowding_command(load_params(args.params), args.level, args.coco_root, coco_cfg, args.split,
+                            args.report, progress=not args.quiet)
+
+
 def _trackers(cfg: dict, variant: str, tracking: bool):
     """The MLflow runs a stage records into, one per seed (pep.tracking: the engine never
     imports it); `enabled=False` (a rank other than 0) records nothing."""
@@ -218,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not open image files (only check the annotation file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_validate)
+
+    p = data_sub.add_parser("crowding", help="how many instances own no grid cell, and how many overlap one "
+                                             "of their class, at each synthetic crowding level (and in a COCO folder)")
+    _add_params_arg(p)
+    p.add_argument("--level", nargs="+", metavar="NAME",
+                   help="crowding levels to measure (default: all of data.synth.crowding_levels)")
+    p.add_argument("--coco-root", type=Path, metavar="FOLDER",
+                   help="also a COCO-layout folder (e.g. ../shared/data/tiny_coco), under the coco profile's grids")
+    p.add_argument("--split", choices=["train", "val"], default="val")
+    p.add_argument("--report", type=Path, help="also write the figures as JSON here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_data_crowding)
 
     variants = VARIANTS
     p = sub.add_parser("train", help="train one variant (resumes from its newest checkpoint); "

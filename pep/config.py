@@ -148,11 +148,18 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
         out.append(("data.root", f"a {data['source']} data set must lie outside {home}/, which DVC "
                                  f"caches; e.g. datasets/{profile} ({home}/ then holds only its manifest)"))
     synth = cfg["data"]["synth"]
+    level = synth["crowding_levels"].get(synth["crowding"])
+    if level is None:
+        out.append(("data.synth.crowding", f"{synth['crowding']!r} is not a key of data.synth.crowding_levels "
+                                           f"({', '.join(synth['crowding_levels'])})"))
+        level = {}
+    synth = {**synth, **level}  # the level's values are the ones that draw the set
     for key in ("image_size", "crowds_per_image", "objects_per_crowd", "loners_per_image",
-                "object_size"):
+                "object_size", "nests_per_image", "nest_depth", "nest_ratio", "nest_size"):
         low, high = synth[key]
         if low > high:
-            out.append((f"data.synth.{key}", f"expected [low, high] with low <= high, got [{low}, {high}]"))
+            where = f"crowding_levels.{synth['crowding']}.{key}" if key in level else key
+            out.append((f"data.synth.{where}", f"expected [low, high] with low <= high, got [{low}, {high}]"))
     if synth["object_size"][1] > synth["image_size"][0]:
         out.append(("data.synth.object_size",
                     f"largest object ({synth['object_size'][1]} px) does not fit the smallest "

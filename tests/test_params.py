@@ -100,6 +100,11 @@ def test_deep_merge_merges_dicts_and_replaces_lists():
     (lambda r: r["data"]["synth"].update(textures={"solid": 0, "stripes": 0, "checker": 0, "speckle": 0}),
      "data.synth.textures: all weights are 0"),
     (lambda r: r["data"]["synth"].update(class_colour_jitter="red"), "data.synth.class_colour_jitter: expected"),
+    (lambda r: r["data"]["synth"].update(crowding="dense"), "data.synth.crowding: 'dense' is not a key of data.synth.crowding_levels"),
+    (lambda r: r["data"]["synth"]["crowding_levels"]["demo"].update(nest_depth=[3, 2]),
+     "data.synth.crowding_levels.demo.nest_depth: expected [low, high] with low <= high"),
+    (lambda r: r["data"]["synth"]["crowding_levels"]["demo"].update(nest_colour=1),
+     "data.synth.crowding_levels.demo: unknown key 'nest_colour'"),
     (lambda r: r["profiles"]["coco"]["model"]["backbone"].update(pretrained=False),
      "profiles.coco.model.backbone.norm: frozen_batch keeps the statistics of ImageNet weights, but pretrained is false"),
 ])

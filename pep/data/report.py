@@ -36,12 +36,14 @@ def validate_command(params: Path, split: str | None, annotations: Path | None, 
     print(report.summary(max_examples=examples))
     record = report.to_dict(show_path)
     if split and report.trainable:
-        from pep.data.crowding import hidden_instances
+        from pep.data.crowding import hidden_instances, summary_line
 
-        # the instances perceiving can have no descriptor of its own for: excavating's work
+        # the instances perceiving can have no descriptor of its own for (excavating's work) and
+        # the same-class pairs Matrix NMS may suppress one of (purifying's)
         record["instances_without_own_cell"] = hidden = hidden_instances(cfg, split)
-        print(f"{hidden['without_own_cell']} of {hidden['instances']} instances ({100 * (hidden['share'] or 0):.1f}%) "
-              "own no grid cell (every cell of their centre region goes to a smaller instance)")
+        if cfg["data"]["source"] == "synth":
+            record["crowding_level"] = cfg["data"]["synth"]["crowding"]
+        print(summary_line(hidden))
     if outputs:
         with outputs:
             outputs.write_json(report_path, record)

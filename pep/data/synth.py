@@ -10,6 +10,11 @@ texture (solid, stripes, checker, speckle) is drawn per object. Tied colours are
 from-scratch model learn the classes within the demo's few thousand images; telling touching
 same-class instances apart, the part excavating and purifying are for, stays as hard.
 
+Crowds alone leave almost no instance without a grid cell of its own (0.2% of val), so images
+also hold *nests*: same-class objects around one centre, each turned against the one in front
+so that both show. Named crowding levels (`crowding`, `crowding_levels`) set how many; `pep
+data crowding` measures each level against real COCO images (pep.data.crowding).
+
 Segmentations come in all three of COCO's encodings, as in the real set: a polygon for an object
 that is fully visible and inside the image, compressed RLE for an occluded one, and
 uncompressed RLE for the occasional iscrowd=1 region (a heap of tiny shapes). Category ids are
@@ -61,6 +66,10 @@ def _cross(arm: float = 0.36) -> np.ndarray:
                      (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a), (-a, -b)])
 
 
+# the turn that maps a shape onto itself is 2 pi / SYMMETRY (a circle's: any)
+SYMMETRY = {"circle": 1, "ellipse": 2, "square": 4, "triangle": 3, "star": 5, "hexagon": 6,
+            "diamond": 2, "cross": 4}
+
 SHAPES = {
     "circle": lambda rng: _regular(32),
     "ellipse": lambda rng: _regular(32) * np.array([1.0, rng.uniform(0.45, 0.7)]),
@@ -78,6 +87,7 @@ class _Object:
     category: int            # index into the class list
     polygon: np.ndarray      # (K, 2) image coordinates
     is_crowd_region: bool = False
+    size: float = 0.0        # diameter of the circumscribed circle (pixels)
 
 
 def category_id(index: int) -> int:
@@ -159,12 +169,12 @@ def _place_objects(rng: np.random.Generator, cfg: dict, width: int, height: int)
     n_classes = len(cfg["classes"])
     objects: list[_Object] = []
 
-    def make(cls: int, cx: float, cy: float, size: float) -> _Object:
+    def make(cls: int, cx: float, cy: float, size: float, angle: float | None = None) -> _Object:
         shape = SHAPES[cfg["classes"][cls]](rng)
-        angle = rng.uniform(0, 2 * np.pi)
+        angle = rng.uniform(0, 2 * np.pi) if angle is None else angle
         rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         # rounded as it is written to JSON, so that the written polygon rasterizes to the mask
-        return _Object(cls, np.round(shape @ rot.T * (size / 2) + np.array([cx, cy]), 2))
+        return _Object(cls, np.round(shape @ rot.T * (size / 2) + np.array([cx, cy]), 2), size=size)
 
     if rng.uniform() < cfg["crowd_region_prob"]:  # a heap of tiny shapes: one iscrowd=1 region
         cls = int(rng.integers(n_classes))
@@ -192,7 +202,48 @@ def _place_objects(rng: np.random.Generator, cfg: dict, width: int, height: int)
     # crowd regions stay at the back; the rest are painted in random depth order
     heap = [o for o in objects if o.is_crowd_region]
     rest = [o for o in objects if not o.is_crowd_region]
-    return heap + [rest[i] for i in rng.permutation(len(rest))]
+    order = heap + [rest[i] for i in rng.permutation(len(rest))]
+    if cfg["nest_prob"] > 0 and rng.uniform() < cfg["nest_prob"]:  # drawn last: a set without nests is as before
+        for _ in range(rng.integers(cfg["nests_per_image"][0], cfg["nests_per_image"][1] + 1)):
+            at = int(rng.integers(len(heap), len(order) + 1))
+            order[at:at] = _nest(rng, cfg, make, width, height)
+    return order
+
+
+def _nest(rng: np.random.Generator, cfg: dict, make, width: int, height: int) -> list[_Object]:
+    """Same-class objects around one centre, painted back to front: each is turned by half its
+    shape's symmetry angle against the one in front of it (a star's points show between the
+    points of the star in front) and `nest_ratio` times its size, grown further where less
+    than `min_visible_fraction` of it would show. Their centres fall in one grid cell and their
+    boxes nearly match, so perceiving's assignment gives every shared cell to the smallest and
+    the others own none: the instances PEP's excavating is for (pep.data.crowding counts them)."""
+    lo, hi = cfg["nest_size"]
+    cls = int(rng.integers(len(cfg["classes"])))
+    shape = cfg["classes"][cls]
+    turn = np.pi / SYMMETRY[shape]
+    angle = rng.uniform(0, 2 * np.pi)
+    cx, cy = rng.uniform(0.25, 0.75) * width, rng.uniform(0.25, 0.75) * height
+    front = make(cls, cx, cy, rng.uniform(lo, hi), angle)
+    nest = [front]
+    for k in range(1, int(rng.integers(cfg["nest_depth"][0], cfg["nest_depth"][1] + 1))):
+        size = nest[-1].size * rng.uniform(*cfg["nest_ratio"])
+        while True:  # a few steps at most: a circle needs 1.2x to show 30%, a star 1.0x
+            back = make(cls, cx, cy, size, angle + k * turn)
+            shown = _rasterize(back.polygon, height, width) & ~_rasterize(nest[-1].polygon, height, width)
+            if shown.sum() >= (cfg["min_visible_fraction"] + 0.05) * _rasterize(back.polygon, height, width).sum():
+                break
+            size *= 1.05
+        nest.append(back)
+    return nest[::-1]
+
+
+def crowding_settings(cfg: dict) -> dict:
+    """The synth section with its crowding level's settings (`crowding_levels[crowding]`) on top."""
+    levels = cfg["crowding_levels"]
+    if cfg["crowding"] not in levels:
+        raise PepError(f"data.synth.crowding: {cfg['crowding']!r} is not one of data.synth.crowding_levels "
+                       f"({', '.join(levels)})")
+    return {**cfg, **levels[cfg["crowding"]]}
 
 
 def uncompressed_rle(mask: np.ndarray) -> dict:
@@ -270,6 +321,7 @@ def generate(cfg: dict, out: Path, progress: bool = True) -> dict:
     interrupted run never leaves a folder that looks complete. Returns a summary.
     """
     out = Path(out)
+    cfg = crowding_settings(cfg)
     _check_replaceable(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -278,7 +330,7 @@ def generate(cfg: dict, out: Path, progress: bool = True) -> dict:
     started = time.perf_counter()
     cats = categories(cfg["classes"])
     info = {"description": DESCRIPTION, "version": "1.0", "year": 2026,
-            "contributor": "pep data synth", "seed": cfg["seed"]}
+            "contributor": "pep data synth", "seed": cfg["seed"], "crowding": cfg["crowding"]}
     licenses = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
     counts = {"train": cfg["num_train"], "val": cfg["num_val"], "test-dev": cfg["num_test_dev"]}
     summary = {"root": str(out), "images": {}, "annotations": {}}
