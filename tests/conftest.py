@@ -167,3 +167,14 @@ def small_synth(tmp_path_factory, small_synth_cfg) -> Path:
     root = tmp_path_factory.mktemp("synth") / "synth"
     generate(small_synth_cfg, root, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def small_synth_without_nests(tmp_path_factory, small_synth_cfg) -> Path:
+    """The same at crowding level `none`: every instance owns a grid cell, so that any model
+    can fit every instance (the shipped level's nests hide some from perceiving by design)."""
+    from pep.data.synth import generate
+
+    root = tmp_path_factory.mktemp("synth_none") / "synth"
+    generate({**small_synth_cfg, "crowding": "none"}, root, progress=False)
+    return root

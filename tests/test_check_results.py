@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,10 @@ import yaml
 from pep.cli import main
 from pep.config import PROJECT_ROOT
 from pep.errors import PepError
-from pep.reports.check import EXPECTED_FILE, check_results, read_expected
+from pep.config import load_params
+from pep.reports.check import EXPECTED_FILE, check_results, read_expected, results_key
+
+SHIPPED_KEY = results_key(load_params(PROJECT_ROOT / "params.yaml"))  # e.g. default/demo
 
 
 @pytest.fixture
@@ -25,7 +29,7 @@ def project(tmp_path) -> Path:
     return tmp_path
 
 
-def write_expected(folder: Path, entries: dict, profile: str = "default") -> Path:
+def write_expected(folder: Path, entries: dict, profile: str = SHIPPED_KEY) -> Path:
     path = folder / "expected.yaml"
     path.write_text(yaml.safe_dump({profile: entries}), encoding="utf-8")
     return path
@@ -71,11 +75,11 @@ def test_missing_key_and_malformed_entries_are_named(project, default_params):
     cfg = {**default_params, "params_file": str(project / "params.yaml")}
     with pytest.raises(PepError, match=r"pep/val.json: 'AP75' is missing"):
         check_results(cfg, write_expected(project, {"pep": {"AP75": {"expected": 1.0, "tolerance": 1.0}}}))
-    with pytest.raises(PepError, match=r"default.pep.AP: expected \{expected: <number>, tolerance"):
+    with pytest.raises(PepError, match=re.escape(SHIPPED_KEY) + r"\.pep\.AP: expected \{expected: <number>, tolerance"):
         check_results(cfg, write_expected(project, {"pep": {"AP": {"expected": 1.0}}}))
-    with pytest.raises(PepError, match=r"default.pepp: unknown variant"):
+    with pytest.raises(PepError, match=re.escape(SHIPPED_KEY) + r"\.pepp: unknown variant"):
         check_results(cfg, write_expected(project, {"pepp": {"AP": {"expected": 1.0, "tolerance": 1}}}))
-    with pytest.raises(PepError, match=r"no expected values for profile 'default'"):
+    with pytest.raises(PepError, match=f"no expected values for profile '{SHIPPED_KEY}'"):
         check_results(cfg, write_expected(project, {"pep": {"AP": {"expected": 1.0, "tolerance": 1}}},
                                           profile="coco"))
 
@@ -85,10 +89,20 @@ def test_shipped_expected_file():
     the demo's owner, and until they are there it says so instead of passing."""
     coco = read_expected(EXPECTED_FILE, "coco")
     assert coco["pep"]["AP"] == (40.6, 1.0) and set(coco) == {"baseline", "excavate", "purify", "pep"}
-    try:
-        default = read_expected(EXPECTED_FILE, "default")
-    except PepError as exc:
-        assert "no expected values for profile 'default'" in str(exc)
-        assert "TODO(lead): measured values go here" in EXPECTED_FILE.read_text(encoding="utf-8")
-    else:
-        assert default and all(keys for keys in default.values())
+    before_nests = read_expected(EXPECTED_FILE, "default/none")
+    assert set(before_nests) == {"baseline", "excavate", "purify", "pep"}
+    assert all(keys for keys in before_nests.values())
+
+
+def test_each_crowding_level_is_its_own_section(tmp_path):
+    cfg = load_params(PROJECT_ROOT / "params.yaml")
+    for level in cfg["data"]["synth"]["crowding_levels"]:
+        cfg["data"]["synth"]["crowding"] = level
+        assert results_key(cfg) == f"default/{level}"
+    cfg["data"]["source"] = "coco"
+    assert results_key(cfg) == "default"
+    expected = write_expected(tmp_path, {"pep": {"AP": {"expected": 30.0, "tolerance": 1.0}}}, "default/none")
+    cfg["data"]["source"] = "synth"
+    cfg["data"]["synth"]["crowding"] = "heavy"
+    with pytest.raises(PepError, match="no expected values for profile 'default/heavy'"):
+        check_results(cfg, expected)

@@ -5,7 +5,8 @@ import copy
 import numpy as np
 import pytest
 
-from pep.engine.mechanisms import count_image, summarise
+from pep.engine.mechanisms import (count_dedup_difference, count_hidden, count_image, count_similarity,
+                                    key_response_at, summarise)
 
 H = W = 24
 
@@ -111,3 +112,85 @@ def test_sweep_takes_inference_settings_only_and_checks_each_combination():
         combinations(cfg, parse_options(["model.purify.then_matrix_nms=maybe"], "pep"))
     with pytest.raises(PepError, match="no key 'typo'"):
         combinations(cfg, parse_options(["model.inference.typo=1"], "pep"))
+
+
+# --- the stage-by-stage figures (pep/engine/mechanisms.py: hidden, similarity, dedup) ---
+
+def test_key_response_reads_each_instance_centre_in_every_window_that_holds_it():
+    # two originals on level 0 at cells (5, 5) and (5, 9), one on level 1 at (2, 2); windows of radius 1
+    level, cell_y, cell_x = np.array([0, 0, 1]), np.array([5, 5, 2]), np.array([5, 9, 2])
+    prob = np.zeros((3, 3, 3))
+    prob[0, 1, 2] = 0.7   # window 0, cell (5, 6)
+    prob[1, 1, 0] = 0.4   # window 1, cell (5, 8)
+    prob[2, 2, 2] = 0.9   # window 2, cell (3, 3) on level 1
+    centres = np.array([
+        [[5, 6], [-1, -1]],    # in window 0 (0.7) only
+        [[5, 8], [3, 3]],      # window 1 (0.4) on level 0, window 2 (0.9) on level 1: the higher
+        [[5, 5], [-1, -1]],    # window 0's own cell: reads 0, as mining never takes it
+        [[0, 0], [-1, -1]],    # in no window
+        [[-1, -1], [-1, -1]],  # on no level
+    ])
+    assert key_response_at(centres, level, cell_y, cell_x, prob).tolist() == [0.7, 0.9, 0.0, 0.0, 0.0]
+
+
+# A hidden instance E (class 1, behind A's neighbour); mined descriptors: one matching E (score
+# 0.5), two duplicates of A (0.9, 0.2); an original on A (0.8).
+E = box(12, 0, 18, 6)
+HIDDEN_GT = dict(gt_masks=np.stack([A, E, D]), gt_classes=np.array([1, 1, 2]),
+                 gt_crowd=np.array([False, False, True]))
+
+
+def test_hidden_instances_stage_by_stage():
+    args = dict(**HIDDEN_GT, hidden=np.array([False, True, True]),  # a crowd region never counts
+                desc_masks=np.stack([A, E, A, box(0, 0, 6, 5)]), desc_classes=np.array([1, 1, 1, 1]),
+                desc_mined=np.array([False, True, True, True]), desc_scores=np.array([0.8, 0.5, 0.9, 0.2]),
+                det_masks=np.stack([A, E]), det_classes=np.array([1, 1]), key_threshold=0.3)
+    c = count_hidden(key_response=np.array([0.0, 0.6, 0.9]), **args)
+    assert dict(c) == {"hidden": 1, "hidden_key_response": 1, "hidden_found_by_originals": 0,
+                       "hidden_mined_match": 1, "hidden_found_final": 1,
+                       "hidden_rank_pairs": 2, "hidden_outranked": 1}  # 0.9 outranks 0.5, 0.2 does not
+    weak = count_hidden(key_response=np.array([0.0, 0.2, 0.0]), **{**args, "det_masks": np.stack([A])[:, :, :],
+                                                                     "det_classes": np.array([1])})
+    assert weak["hidden_key_response"] == 0 and weak["hidden_found_final"] == 0
+    assert "hidden_key_response" not in count_hidden(key_response=None, **args)  # no excavating
+    rates = summarise(c + count_image(**HIDDEN_GT, **dict(
+        desc_masks=args["desc_masks"], desc_classes=args["desc_classes"], desc_mined=args["desc_mined"],
+        groups=None, det_masks=args["det_masks"], det_classes=args["det_classes"],
+        det_mined=np.array([False, True]))), merged=False)["rates"]
+    assert rates["hidden_key_response_share"] == 1.0 and rates["hidden_outranked_share"] == 0.5
+
+
+def test_similarity_auc_split_by_mask_overlap():
+    """Four descriptors: two on A, one on B (touching A, apart from it) and one on F, a
+    same-class instance overlapping A's second descriptor's mask by IoU >= 0.5."""
+    F_ = box(0, 0, 6, 4)  # IoU with A = 24/36
+    gt = dict(gt_masks=np.stack([A, B, F_]), gt_classes=np.array([1, 1, 1]), gt_crowd=np.zeros(3, bool))
+    # A's masks: A itself and box(0,0,6,5) (IoU 30/36 with A, 24/30 with F); F's: F
+    desc_masks = np.stack([A, box(0, 0, 6, 5), B, F_])
+    # descriptor 1 matches A (30/36 beats 24/30): pairs: (0,1) same A overlap; (0,2) diff apart;
+    # (0,3) diff overlap (24/36); (1,2) diff apart; (1,3) diff overlap (24/30); (2,3) diff apart
+    similarity = np.array([[1, 0.8, 0.1, 0.9],
+                           [0.8, 1, 0.3, 0.6],
+                           [0.1, 0.3, 1, 0.2],
+                           [0.9, 0.6, 0.2, 1]])
+    c = count_similarity(**gt, desc_masks=desc_masks, desc_classes=np.ones(4, int), similarity=similarity)
+    assert sum(c.values()) == 6
+    assert c["sim_same_overlap_80"] == 1 and c["sim_diff_overlap_90"] == 1 and c["sim_diff_overlap_60"] == 1
+    t = summarise(c + count_image(**gt, desc_masks=desc_masks, desc_classes=np.ones(4, int),
+                                  desc_mined=np.zeros(4, bool), groups=[[0], [1], [2], [3]],
+                                  det_masks=desc_masks, det_classes=np.ones(4, int), det_mined=np.zeros(4, bool)),
+                  merged=True)
+    # overlapping: the same pair (0.8) beats 0.6, loses to 0.9: AUC 0.5; apart: no same pair
+    assert t["rates"]["similarity_auc_overlapping"] == 0.5 and t["rates"]["similarity_auc_apart"] is None
+    assert t["rates"]["similarity_auc"] == pytest.approx(4 / 5)  # 0.8 beats 0.6, 0.1, 0.3, 0.2
+    assert t["counts"]["diff_instance_overlap_pairs"] == 2 and t["counts"]["diff_instance_apart_pairs"] == 3
+
+
+def test_what_one_deduplication_keeps_and_the_other_loses():
+    gt = dict(gt_masks=np.stack([A, B, C, D]), gt_classes=np.array([1, 1, 2, 2]),
+              gt_crowd=np.array([False, False, False, True]))
+    c = count_dedup_difference(**gt, hidden=np.array([False, True, False, False]),
+                               merge_masks=np.stack([A, B]), merge_classes=np.array([1, 1]),
+                               nms_masks=np.stack([A, C, D]), nms_classes=np.array([1, 2, 2]))
+    assert dict(c) == {"kept_by_merge_lost_by_nms": 1, "kept_by_nms_lost_by_merge": 1,  # B; C (D is a crowd)
+                       "hidden_kept_by_merge_lost_by_nms": 1, "hidden_kept_by_nms_lost_by_merge": 0}

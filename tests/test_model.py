@@ -29,9 +29,11 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def batch(small_synth, cfg):
-    """Two training images of the synthetic set, without flips: a small fixed batch."""
-    ds = CocoInstances(small_synth / "annotations" / "instances_train2017.json", small_synth / "train2017",
+def batch(small_synth_without_nests, cfg):
+    """Two training images of the synthetic set, without flips: a small fixed batch. Without
+    nests, so that every instance has a cell and every variant can fit all of them."""
+    root = small_synth_without_nests
+    ds = CocoInstances(root / "annotations" / "instances_train2017.json", root / "train2017",
                        InputSize((128,), 192), train=True, skip_empty=True)
     assert ds.category_ids == CATEGORY_IDS
     return collate([ds[0], ds[1]], cfg["data"]["input"]["size_divisibility"])

@@ -418,8 +418,10 @@ def test_mechanisms_table_from_the_reports_of_two_seeds(project):
                          **summarise(counts, merged=True)} for s in (0, 1)}
     report = {"variant": "pep", "split": "val", "seeds": [0, 1], "match_iou": 0.5,
               "mean": mean_over_seeds(per_seed), "per_seed": per_seed,
-              "data": {"train": {"instances": 200, "without_own_cell": 3, "share": 0.015},
-                       "val": {"instances": 50, "without_own_cell": 1, "share": 0.02}}}
+              "data": {"train": {"instances": 200, "without_own_cell": 3, "share": 0.015, "overlapping_same_class": 20,
+                                 "overlapping_share": 0.1, "overlapping_pairs": 10, "overlap_iou": 0.5},
+                       "val": {"instances": 50, "without_own_cell": 1, "share": 0.02, "overlapping_same_class": 4,
+                               "overlapping_share": 0.08, "overlapping_pairs": 2, "overlap_iou": 0.5}}}
     (root / "metrics/pep").mkdir(parents=True)
     (root / "metrics/pep/mechanisms.json").write_text(json.dumps(report), encoding="utf-8")
     assert main(["tables", "--params", project["params_file"]]) == 0
@@ -429,6 +431,7 @@ def test_mechanisms_table_from_the_reports_of_two_seeds(project):
     assert row[:2] == ["66.7 ± 0.0", "66.7 ± 0.0"] and row[7:9] == ["100.0 ± 0.0", "100.0 ± 0.0"]
     assert row[-4:] == ["30.5 ± 0.7", "29.0 ± 0.0", "31.5 ± 0.7", "30.5 ± 0.0"]
     assert "train 1.5% (3 of 200), val 2.0% (1 of 50)" in md
+    assert "overlap by IoU >= 0.5: train 10.0% (20 of 200), val 8.0% (4 of 50)" in md
     csv = pd.read_csv(root / "reports/tables/mechanisms.csv")
     assert csv.loc[0, "recovered_share"] == 100.0 and csv.loc[0, "AP_matrix_nms"] == 31.5
     readme = (root / "reports/README.md").read_text(encoding="utf-8")

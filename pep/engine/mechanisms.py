@@ -18,11 +18,20 @@ does). Written to metrics/<variant>/mechanisms.json:
                by a descriptor, by no detection); duplicates left among the detections
   switches     mask AP of the same model with each module's inference off: no mining, Matrix
                NMS instead of the merge (and both), beside the AP as trained
+  hidden       the instances that own no grid cell at the batch's size, stage by stage: an
+               original matches them; excavating's key map responds at their centre (above
+               key_threshold); a mined descriptor matches them; a detection does; how often a
+               mined duplicate outscores their best mined match
+  similarity   (purifying) ROC AUC of the learned similarity, same- against different-instance
+               pairs of same-class descriptors, where their masks overlap (IoU >= 0.5) and where
+               not; the true instances the merge keeps and Matrix NMS loses, and the reverse
   data         per split, the instances that own no grid cell (every cell of their centre
-               region won by a smaller instance), so perceiving has no descriptor of their own
+               region won by a smaller instance), so perceiving has no descriptor of their own,
+               and those in an overlapping same-class pair (pep.data.crowding)
 
-`count_image` is the per-image count, a pure function of masks and classes, so that a test can
-check it against a case with known answers.
+`count_image`, `count_hidden`, `key_response_at`, `count_similarity` and `count_dedup_difference`
+are per-image counts, pure functions of masks, classes and scores, so that tests can check them
+against cases with known answers.
 """
 
 from __future__ import annotations
@@ -138,6 +147,125 @@ def count_image(gt_masks: np.ndarray, gt_classes: np.ndarray, gt_crowd: np.ndarr
     return c
 
 
+def key_response_at(centres: np.ndarray, level: np.ndarray, cell_y: np.ndarray, cell_x: np.ndarray,
+                    prob: np.ndarray) -> np.ndarray:
+    """(G,) the highest centre probability that excavating's key map gives each instance's centre
+    cell: over the levels the instance is on (`centres` (G, L, 2), -1 off-level) and the windows
+    (`prob` (n, K, K) around cells (level, cell_y, cell_x)) that hold that cell; 0 where none does.
+    A window's own cell reads 0, as mining never takes it."""
+    r = prob.shape[-1] // 2
+    out = np.zeros(len(centres))
+    for g, on_levels in enumerate(centres):
+        for l, (y, x) in enumerate(on_levels):
+            if y < 0:
+                continue
+            rows = np.flatnonzero(level == l)
+            dy, dx = y - cell_y[rows], x - cell_x[rows]
+            inside = (np.abs(dy) <= r) & (np.abs(dx) <= r)
+            if inside.any():
+                out[g] = max(out[g], float(prob[rows[inside], dy[inside] + r, dx[inside] + r].max()))
+    return out
+
+
+def count_hidden(gt_masks: np.ndarray, gt_classes: np.ndarray, gt_crowd: np.ndarray, hidden: np.ndarray,
+                 key_response: np.ndarray | None, key_threshold: float,
+                 desc_masks: np.ndarray, desc_classes: np.ndarray, desc_mined: np.ndarray, desc_scores: np.ndarray,
+                 det_masks: np.ndarray, det_classes: np.ndarray) -> Counter:
+    """Excavating, stage by stage, on the instances that own no grid cell (`hidden`, per ground
+    truth row): does its key map respond at their centre (above `key_threshold`; None: no
+    excavating), does a mined descriptor's mask match them, does a detection; and how a matching
+    mined descriptor's score ranks against the mined duplicates (mined descriptors on an instance
+    an original already matches): `hidden_outranked` of `hidden_rank_pairs` such pairs put the
+    duplicate first."""
+    gt_crowd = np.asarray(gt_crowd, dtype=bool)
+    hidden = np.asarray(hidden, dtype=bool) & ~gt_crowd
+    desc_mined = np.asarray(desc_mined, dtype=bool)
+    c = Counter(hidden=int(hidden.sum()))
+    _, _, desc_hits = _assign(_iou(desc_masks, gt_masks, gt_crowd), desc_classes, gt_classes, gt_crowd)
+    _, _, det_hits = _assign(_iou(det_masks, gt_masks, gt_crowd), det_classes, gt_classes, gt_crowd)
+    by_originals = desc_hits[~desc_mined].any(0)
+    by_mined = desc_hits[desc_mined].any(0)
+    if key_response is not None:
+        c["hidden_key_response"] = int((hidden & (np.asarray(key_response) > key_threshold)).sum())
+    c["hidden_found_by_originals"] = int((hidden & by_originals).sum())
+    c["hidden_mined_match"] = int((hidden & by_mined).sum())
+    c["hidden_found_final"] = int((hidden & det_hits.any(0)).sum())
+    mined_rows = np.flatnonzero(desc_mined)
+    duplicate_scores = desc_scores[mined_rows[desc_hits[mined_rows][:, by_originals].any(1)]]
+    for g in np.flatnonzero(hidden & by_mined):
+        best = desc_scores[mined_rows[desc_hits[mined_rows, g]]].max()
+        c["hidden_rank_pairs"] += len(duplicate_scores)
+        c["hidden_outranked"] += int((duplicate_scores > best).sum())
+    return c
+
+
+SIMILARITY_BINS = 100
+
+
+def count_similarity(gt_masks: np.ndarray, gt_classes: np.ndarray, gt_crowd: np.ndarray,
+                     desc_masks: np.ndarray, desc_classes: np.ndarray, similarity: np.ndarray) -> Counter:
+    """Purifying's learned similarity on pairs of same-class descriptors that each match an
+    instance, as histograms (SIMILARITY_BINS bins over [0, 1]) of same-instance and
+    different-instance pairs, split by whether the two descriptors' masks overlap as Matrix NMS
+    sees them (mask IoU >= MATCH_IOU): `summarise` turns them into ROC AUCs."""
+    gt_crowd = np.asarray(gt_crowd, dtype=bool)
+    instance, _, _ = _assign(_iou(desc_masks, gt_masks, gt_crowd), desc_classes, gt_classes, gt_crowd)
+    i, j = np.triu_indices(len(desc_masks), k=1)
+    on = (desc_classes[i] == desc_classes[j]) & (instance[i] >= 0) & (instance[j] >= 0)
+    i, j = i[on], j[on]
+    c = Counter()
+    if not len(i):
+        return c
+    rows = np.unique(np.concatenate([i, j]))
+    flat = torch.from_numpy(desc_masks[rows].reshape(len(rows), -1)).float()
+    inter = flat @ flat.T  # pixel counts are exact in float32 up to 2^24
+    area = flat.sum(1)
+    iou = (inter / (area[:, None] + area[None, :] - inter).clamp(min=1)).numpy()
+    at = np.searchsorted(rows, np.arange(len(desc_masks)))  # descriptor row -> row of `iou`
+    overlap = iou[at[i], at[j]] >= MATCH_IOU
+    bins = np.minimum((similarity[i, j] * SIMILARITY_BINS).astype(int), SIMILARITY_BINS - 1)
+    for same, ov, b in zip(instance[i] == instance[j], overlap, bins):
+        c[f"sim_{'same' if same else 'diff'}_{'overlap' if ov else 'apart'}_{b:02d}"] += 1
+    return c
+
+
+def count_dedup_difference(gt_masks: np.ndarray, gt_classes: np.ndarray, gt_crowd: np.ndarray, hidden: np.ndarray,
+                           merge_masks: np.ndarray, merge_classes: np.ndarray,
+                           nms_masks: np.ndarray, nms_classes: np.ndarray) -> Counter:
+    """The true instances that one de-duplication keeps and the other loses, on the same model's
+    descriptors: the merge's detections against Matrix NMS's (and among the hidden instances)."""
+    gt_crowd = np.asarray(gt_crowd, dtype=bool)
+    hidden = np.asarray(hidden, dtype=bool) & ~gt_crowd
+    found = {}
+    for name, masks, classes in (("merge", merge_masks, merge_classes), ("nms", nms_masks, nms_classes)):
+        _, _, hits = _assign(_iou(masks, gt_masks, gt_crowd), classes, gt_classes, gt_crowd)
+        found[name] = hits.any(0) & ~gt_crowd
+    only_merge, only_nms = found["merge"] & ~found["nms"], found["nms"] & ~found["merge"]
+    return Counter(kept_by_merge_lost_by_nms=int(only_merge.sum()), kept_by_nms_lost_by_merge=int(only_nms.sum()),
+                   hidden_kept_by_merge_lost_by_nms=int((only_merge & hidden).sum()),
+                   hidden_kept_by_nms_lost_by_merge=int((only_nms & hidden).sum()))
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """ROC AUC from two histograms over the same bins (Mann-Whitney; a shared bin counts half)."""
+    total = positive.sum() * negative.sum()
+    if not total:
+        return None
+    below = np.cumsum(negative) - negative
+    return round(float((positive * (below + 0.5 * negative)).sum() / total), 4)
+
+
+def _similarity_aucs(counts: Counter) -> tuple[dict, dict]:
+    hist = {(same, ov): np.array([counts.get(f"sim_{same}_{ov}_{b:02d}", 0) for b in range(SIMILARITY_BINS)])
+            for same in ("same", "diff") for ov in ("overlap", "apart")}
+    same_all = hist["same", "overlap"] + hist["same", "apart"]
+    pairs = {f"{same}_instance_{ov}_pairs": int(h.sum()) for (same, ov), h in hist.items()}
+    aucs = {"similarity_auc": _auc(same_all, hist["diff", "overlap"] + hist["diff", "apart"]),
+            "similarity_auc_overlapping": _auc(hist["same", "overlap"], hist["diff", "overlap"]),
+            "similarity_auc_apart": _auc(hist["same", "apart"], hist["diff", "apart"])}
+    return pairs, aucs
+
+
 # every count, reported even where no image added to it
 COUNT_KEYS = ("images", "instances", "descriptors", "mined_descriptors", "detections", "found_by_originals",
               "found_by_descriptors", "found_final", "missed_by_originals", "recovered_by_mined",
@@ -152,9 +280,17 @@ def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
 
+HIDDEN_KEYS = ("hidden", "hidden_found_by_originals", "hidden_mined_match", "hidden_found_final",
+               "hidden_rank_pairs", "hidden_outranked")
+DEDUP_KEYS = ("kept_by_merge_lost_by_nms", "kept_by_nms_lost_by_merge", "hidden_kept_by_merge_lost_by_nms",
+              "hidden_kept_by_nms_lost_by_merge")
+
+
 def summarise(counts: Counter, merged: bool) -> dict:
     """Totals over the images and the rates the report shows."""
-    t = {k: int(counts.get(k, 0)) for k in sorted({*COUNT_KEYS, *counts})}
+    similarity = Counter({k: v for k, v in counts.items() if k.startswith("sim_")})
+    counts = Counter({k: v for k, v in counts.items() if not k.startswith("sim_")})
+    t = {k: int(counts.get(k, 0)) for k in sorted({*COUNT_KEYS, *HIDDEN_KEYS, *counts})}
     rates = {
         "originals_recall": _ratio(t["found_by_originals"], t["instances"]),
         "final_recall": _ratio(t["found_final"], t["instances"]),
@@ -166,7 +302,14 @@ def summarise(counts: Counter, merged: bool) -> dict:
         "recovered_final_share": _ratio(t["recovered_final"], t["missed_by_originals"]),
         "lost_by_dedup_share": _ratio(t["lost_by_dedup"], t["found_by_descriptors"]),
         "duplicates_left_per_image": _ratio(t["duplicates_left"], t["images"]),
+        # the instances that own no grid cell, stage by stage
+        "hidden_found_by_originals_share": _ratio(t["hidden_found_by_originals"], t["hidden"]),
+        "hidden_mined_match_share": _ratio(t["hidden_mined_match"], t["hidden"]),
+        "hidden_found_final_share": _ratio(t["hidden_found_final"], t["hidden"]),
+        "hidden_outranked_share": _ratio(t["hidden_outranked"], t["hidden_rank_pairs"]),
     }
+    if "hidden_key_response" in t:
+        rates["hidden_key_response_share"] = _ratio(t["hidden_key_response"], t["hidden"])
     if merged:
         t.update({k: int(counts.get(k, 0)) for k in MERGE_KEYS})
         rates.update({
@@ -174,6 +317,12 @@ def summarise(counts: Counter, merged: bool) -> dict:
             "false_merge_rate": _ratio(t["different_instance_joined"], t["different_instance_pairs"]),
             "fused_share_of_found": _ratio(t["instances_fused"], t["found_by_descriptors"]),
         })
+        t.update({k: int(counts.get(k, 0)) for k in DEDUP_KEYS})
+        rates["merge_keeps_nms_loses_share"] = _ratio(t["kept_by_merge_lost_by_nms"], t["found_by_descriptors"])
+        rates["nms_keeps_merge_loses_share"] = _ratio(t["kept_by_nms_lost_by_merge"], t["found_by_descriptors"])
+        pairs, aucs = _similarity_aucs(similarity)
+        t.update(pairs)
+        rates.update(aucs)
     return {"counts": t, "rates": rates}
 
 
@@ -188,6 +337,24 @@ def _ground_truth(coco, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+def _hidden_rows(level_targets, gt_crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per ground-truth row of `_ground_truth` (crowd regions included): whether the instance owns
+    no grid cell, and its centre cell per level (G, L, 2), -1 off-level. The data set's instances
+    are the image's non-crowd annotations in the same order."""
+    owners = level_targets.gt_index
+    n = len(level_targets.centres)
+    if n != int((~gt_crowd).sum()):
+        raise RuntimeError(f"{n} instances in the targets, {int((~gt_crowd).sum())} in the annotations")
+    owned = np.zeros(n, dtype=bool)
+    owned[_numpy(owners[owners >= 0])] = True
+    hidden = np.zeros(len(gt_crowd), dtype=bool)
+    hidden[~gt_crowd] = ~owned
+    centres = np.full((len(gt_crowd), level_targets.centres.shape[1] if n else 0, 2), -1, dtype=np.int64)
+    if n:
+        centres[~gt_crowd] = _numpy(level_targets.centres)
+    return hidden, centres
 
 
 @torch.inference_mode()
@@ -209,13 +376,33 @@ def run_switches(model, dataset, cfg: dict, switches: list[str], name: str,
                 for out, target in zip(per_image, targets):
                     results[switch] += evaluation.encode_instances(target["image_id"], out["masks"].cpu(),
                                                                    out["scores"].cpu(), out["category_ids"].cpu())
-            for out, target in zip(outputs["as_trained"], targets):
+            # which instances own no grid cell, at the size the model saw them (the batch's)
+            level_targets = model.perceive.targets(targets, tuple(images.shape[-2:]))
+            for b, (out, target) in enumerate(zip(outputs["as_trained"], targets)):
                 tr = out["trace"]
                 d = tr["descriptors"]
                 gt_masks, gt_classes, gt_crowd = _ground_truth(dataset.coco, target["image_id"])
-                counts.update(count_image(gt_masks, gt_classes, gt_crowd, _numpy(tr["masks"]),
-                                          _numpy(model.category_ids[d.labels]), _numpy(d.mined), tr["groups"],
+                desc_masks, desc_classes = _numpy(tr["masks"]), _numpy(model.category_ids[d.labels])
+                counts.update(count_image(gt_masks, gt_classes, gt_crowd, desc_masks, desc_classes,
+                                          _numpy(d.mined), tr["groups"],
                                           _numpy(out["masks"]), _numpy(out["category_ids"]), _numpy(out["mined"])))
+                hidden, centres = _hidden_rows(level_targets[b], gt_crowd)
+                key = tr.get("key_map")
+                response = None if key is None else key_response_at(
+                    centres, *(_numpy(key[k]) for k in ("level", "cell_y", "cell_x")), _numpy(key["prob"].float()))
+                counts.update(count_hidden(gt_masks, gt_classes, gt_crowd, hidden, response,
+                                           model.cfg["excavate"]["key_threshold"], desc_masks, desc_classes,
+                                           _numpy(d.mined), _numpy(d.scores.float()),
+                                           _numpy(out["masks"]), _numpy(out["category_ids"])))
+                if model.purify is not None and len(d):
+                    similarity = _numpy(model.purify.similarity_logits(d.kernels).sigmoid().float())
+                    counts.update(count_similarity(gt_masks, gt_classes, gt_crowd, desc_masks, desc_classes,
+                                                   similarity))
+                if "matrix_nms" in outputs and tr["groups"] is not None:
+                    nms = outputs["matrix_nms"][b]
+                    counts.update(count_dedup_difference(gt_masks, gt_classes, gt_crowd, hidden,
+                                                         _numpy(out["masks"]), _numpy(out["category_ids"]),
+                                                         _numpy(nms["masks"]), _numpy(nms["category_ids"])))
             done += len(targets)
             meter.update(done, len(targets))
     return results, counts

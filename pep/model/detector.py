@@ -101,8 +101,9 @@ class PEP(nn.Module):
         """Detections per image (the eval-mode forward). The mechanism report switches a module's
         inference off on the same trained model: `mine=False` skips excavating's mining,
         `dedup` replaces the variant's de-duplication (matrix_nms | purify_merge). `trace` adds
-        each image's descriptors before de-duplication, their masks, the merge's groups and which
-        descriptor each detection came from."""
+        each image's descriptors before de-duplication, their masks, the merge's groups, which
+        descriptor each detection came from and, with mining, excavating's key map (the cells
+        and window centre probabilities of the originals that excavated)."""
         return self.predict_switches(images, targets, {"": (mine, dedup, trace)})[""]
 
     @torch.no_grad()
@@ -127,8 +128,15 @@ class PEP(nn.Module):
         dedup = dedup or self.variant_cfg["dedup"]
         if dedup == "purify_merge" and self.purify is None:
             raise ValueError(f"variant '{self.variant}' has no purifying module to merge with")
-        return [self._predict_image(descriptors.select(descriptors.image == b), feature, t, dedup, trace)
-                for b, t in enumerate(targets)]
+        out = [self._predict_image(descriptors.select(descriptors.image == b), feature, t, dedup, trace)
+               for b, t in enumerate(targets)]
+        if trace and self.excavate is not None and mine:
+            src, prob, _ = self.excavate.key_map(context, originals)
+            for b, image_out in enumerate(out):
+                rows = src.image == b
+                image_out["trace"]["key_map"] = {"level": src.level[rows], "cell_y": src.cell_y[rows],
+                                                 "cell_x": src.cell_x[rows], "prob": prob[rows]}
+        return out
 
     def _predict_image(self, d: Descriptors, feature: torch.Tensor, target: dict, dedup: str,
                        trace: bool) -> dict:

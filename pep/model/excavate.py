@@ -182,16 +182,26 @@ class ObjectExcavating(nn.Module):
     # --- inference ---
 
     @torch.no_grad()
+    def key_map(self, context, originals: Descriptors):
+        """The originals that excavate (the best `max_originals` per image), each one's centre
+        probability over its window (N, K, K: 0 outside the grid and on its own cell) and class
+        logits (N, C + 1, K, K). The mechanism report reads it at the hidden instances' centres."""
+        src = originals.select(_top_per_image(originals.scores, originals.image, self.cfg["max_originals"]))
+        if len(src) == 0:
+            k = 2 * self.radius + 1
+            return src, context[0].new_zeros((0, k, k)), context[0].new_zeros((0, self.num_classes + 1, k, k))
+        centre_logits, class_logits, valid = self(context, src)
+        prob = centre_logits.sigmoid().masked_fill(~valid, 0)
+        prob[:, self.radius, self.radius] = 0  # the original's own cell is its own instance
+        return src, prob, class_logits
+
+    @torch.no_grad()
     def mine(self, context, originals: Descriptors) -> Descriptors:
         """Predicted key pixels of the best `max_originals` originals per image."""
-        keep = _top_per_image(originals.scores, originals.image, self.cfg["max_originals"])
-        src = originals.select(keep)
+        src, prob, class_logits = self.key_map(context, originals)
         if len(src) == 0:
             return Descriptors.empty(originals.kernels.shape[1], originals.kernels.device, originals.kernels.dtype)
-        centre_logits, class_logits, valid = self(context, src)
-        r, k = self.radius, centre_logits.shape[-1]
-        prob = centre_logits.sigmoid().masked_fill(~valid, 0)
-        prob[:, r, r] = 0  # the original's own cell is its own instance
+        r, k = self.radius, prob.shape[-1]
         top = torch.topk(prob.flatten(1), min(self.cfg["top_k"], k * k))
         n = torch.arange(len(src), device=prob.device)[:, None].expand_as(top.indices).reshape(-1)
         flat, value = top.indices.reshape(-1), top.values.reshape(-1)

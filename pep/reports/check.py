@@ -1,10 +1,10 @@
 """`pep check-results`: measured val metrics against the expected values the project stores.
 
-As detectron2's EXPECTED_RESULTS: pep/reports/expected_results.yaml holds, per profile and per
-variant, an expected value and an absolute tolerance (percentage points) for some of
-metrics/<variant>/val.json's keys:
+As detectron2's EXPECTED_RESULTS: pep/reports/expected_results.yaml holds, per profile (and, on
+the synthetic set, per crowding level: `default/none`) and per variant, an expected value and an
+absolute tolerance (percentage points) for some of metrics/<variant>/val.json's keys:
 
-  default:
+  default/none:
     pep:
       AP: {expected: 31.2, tolerance: 1.5}
       AP50: {expected: 55.0, tolerance: 2.0}
@@ -51,8 +51,17 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def results_key(cfg: dict) -> str:
+    """The section of the expected-results file that a run of `cfg` answers to: its profile, and
+    on the synthetic set its crowding level (each level is another data set)."""
+    if cfg["data"]["source"] == "synth":
+        return f"{cfg['profile']}/{cfg['data']['synth']['crowding']}"
+    return cfg["profile"]
+
+
 def read_expected(path: str | Path, profile: str) -> dict[str, dict[str, tuple[float, float]]]:
-    """{variant: {key: (expected, tolerance)}} of `profile`; a PepError naming the entry at fault."""
+    """{variant: {key: (expected, tolerance)}} of section `profile` (a results_key); a PepError
+    naming the entry at fault."""
     path = Path(path)
     data = read_yaml(path, "expected-results file")
     if not isinstance(data, dict):
@@ -82,7 +91,7 @@ def read_expected(path: str | Path, profile: str) -> dict[str, dict[str, tuple[f
 
 def check_results(cfg: dict, expected_path: str | Path = EXPECTED_FILE) -> list[Check]:
     """One Check per expected number, against metrics/<variant>/val.json of the current profile."""
-    expected = read_expected(expected_path, cfg["profile"])
+    expected = read_expected(expected_path, results_key(cfg))
     checks = []
     for variant, keys in expected.items():
         path = output_path(cfg, "metrics", variant) / "val.json"

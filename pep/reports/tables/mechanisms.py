@@ -26,6 +26,17 @@ MECHANISM_COLUMNS = (
     ("fused (% found)", "fused_share_of_found", True),
     ("lost by de-dup (%)", "lost_by_dedup_share", True),
     ("dup. left / img", "duplicates_left_per_image", False),
+    # the instances that own no grid cell, stage by stage (excavating's cases)
+    ("hidden: originals find (%)", "hidden_found_by_originals_share", True),
+    ("hidden: key response (%)", "hidden_key_response_share", True),
+    ("hidden: mined match (%)", "hidden_mined_match_share", True),
+    ("hidden: detections find (%)", "hidden_found_final_share", True),
+    ("hidden: dup. outranks (%)", "hidden_outranked_share", True),
+    # purifying's similarity and what each de-duplication keeps that the other loses
+    ("similarity AUC, overlapping", "similarity_auc_overlapping", False),
+    ("similarity AUC, apart", "similarity_auc_apart", False),
+    ("merge keeps, NMS loses (% found)", "merge_keeps_nms_loses_share", True),
+    ("NMS keeps, merge loses (% found)", "nms_keeps_merge_loses_share", True),
 )
 MECHANISM_AP = (("AP", "as_trained"), ("AP no mining", "no_mining"), ("AP Matrix NMS", "matrix_nms"),
                 ("AP neither", "neither"))
@@ -87,9 +98,23 @@ def mechanisms_table(cfg: dict, reports: dict[str, dict]) -> Table:
         "a descriptor; lost by de-dup: instances some descriptor matches and no detection does.",
         "AP no mining / Matrix NMS / neither: the same models with excavating's mining off, with Matrix "
         "NMS in place of purifying's merge, with both.",
+        "hidden: of the val instances that own no grid cell (at the batch's size), those an original "
+        "matches, those at whose centre excavating's key map exceeds key_threshold, those a mined "
+        "descriptor matches, those a detection finds; dup. outranks: of (hidden instance, mined "
+        "duplicate) pairs, the share where the duplicate scores above the instance's best mined match.",
+        "similarity AUC: ROC AUC of purifying's similarity, same-instance against different-instance "
+        "pairs of same-class descriptors, where the two masks overlap by IoU >= 0.5 (the pairs Matrix "
+        "NMS decays) and where they do not; merge keeps, NMS loses: true instances found by the merge's "
+        "detections and not by Matrix NMS's on the same descriptors (per instance a descriptor finds), "
+        "and the reverse.",
         f"Instances without a grid cell of their own (each cell of their centre region won by a smaller "
         f"instance): {hidden}.",
     ]
+    overlapping = ", ".join(f"{split} {100 * d['overlapping_share']:.1f}% ({d['overlapping_same_class']} of "
+                            f"{d['instances']})" for split, d in first["data"].items() if d.get("overlapping_share") is not None)
+    if overlapping:  # reports written before the overlap was counted lack it
+        notes.append(f"Instances in a same-class pair whose boxes overlap by IoU >= "
+                     f"{next(iter(first['data'].values()))['overlap_iou']}: {overlapping}.")
     cells = pd.DataFrame(rows, columns=columns)
     return Table("mechanisms", cells, pd.DataFrame(False, index=cells.index, columns=columns),
                  pd.DataFrame(numbers), caption, notes)
