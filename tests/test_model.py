@@ -202,6 +202,31 @@ def test_target_assignment_against_hand_computed_cells():
     assert t.centres[:, 0].tolist() == [[4, 2], [5, 3]]
 
 
+@pytest.mark.parametrize("targets, expected", [("all", [(1, 5), (4, 3)]), ("hidden", [(4, 3)])])
+def test_excavating_targets_all_other_centres_or_only_hidden_ones(cfg, targets, expected):
+    """One original of instance 0 at cell (5, 5) of an 8 x 8 grid (window radius 3). Instance 1
+    owns cell (3, 7), its centre; instance 2's centre (6, 5) belongs to instance 0, so it owns
+    no cell. The paper's Eq. 3 marks both centres in the window; `targets: hidden` only 2's."""
+    from pep.model.excavate import ObjectExcavating
+    from pep.model.perceive import LevelTargets
+
+    owners = torch.full((8, 8), -1)
+    owners[5:7, 4:7] = 0
+    owners[3, 7] = 1
+    level_targets = [LevelTargets(labels=torch.where(owners >= 0, 0, -1).flatten(), gt_index=owners.flatten(),
+                                  centres=torch.tensor([[[5, 5]], [[3, 7]], [[6, 5]]]))]
+    one = lambda v, dtype=torch.int64: torch.tensor([v], dtype=dtype)  # noqa: E731
+    original = Descriptors(kernels=torch.zeros(1, 8), image=one(0), level=one(0), cell_y=one(5), cell_x=one(5),
+                           labels=one(0), scores=one(0.0, torch.float32), gt_index=one(0),
+                           mined=one(False, torch.bool))
+    excavating = ObjectExcavating(8, 8, 8, 1, [8], {**cfg["model"]["excavate"], "window_radius": 3,
+                                                    "targets": targets})
+    target, key_gt = excavating._centre_targets(original, level_targets, 7)
+    marked = [tuple(yx) for yx in torch.nonzero(target[0]).tolist()]  # window cells: centre + 3
+    assert marked == sorted(expected)
+    assert [int(key_gt[0, y, x]) for y, x in marked] == [1 if (y, x) == (1, 5) else 2 for y, x in marked]
+
+
 def test_batched_targets_equal_one_image_at_a_time(cfg, batch):
     images, targets = batch
     perceive = model_of(cfg, "baseline").perceive

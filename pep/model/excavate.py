@@ -142,7 +142,9 @@ class ObjectExcavating(nn.Module):
 
     @torch.no_grad()
     def _centre_targets(self, d: Descriptors, level_targets: list[LevelTargets], k: int):
-        """1 at the window cell of every *other* instance's centre on the descriptor's level."""
+        """1 at the window cell of every *other* instance's centre on the descriptor's level (with
+        `targets: hidden`, only of the instances that own no grid cell: the paper's Eq. 3 marks
+        all, most of which perceiving already has a descriptor for)."""
         r = self.radius
         target = torch.zeros((len(d), k, k), device=d.kernels.device)
         key_gt = torch.full((len(d), k, k), -1, dtype=torch.int64, device=d.kernels.device)
@@ -155,6 +157,10 @@ class ObjectExcavating(nn.Module):
             dx = c[..., 1] - d.cell_x[rows][None]
             g_ids = torch.arange(len(t.centres), device=c.device)[:, None]
             hit = (c[..., 0] >= 0) & (dy.abs() <= r) & (dx.abs() <= r) & (g_ids != d.gt_index[rows][None])
+            if self.cfg["targets"] == "hidden":
+                owned = torch.zeros(len(t.centres), dtype=torch.bool, device=c.device)
+                owned[t.gt_index[t.gt_index >= 0]] = True
+                hit &= ~owned[:, None]
             g, n = torch.nonzero(hit, as_tuple=True)
             target[rows[n], dy[g, n] + r, dx[g, n] + r] = 1
             key_gt[rows[n], dy[g, n] + r, dx[g, n] + r] = g
