@@ -120,3 +120,11 @@ def test_crowding_command_names_an_unknown_level(capsys):
     assert main(["data", "crowding", "--level", "dense", "-q"]) != 0
     err = capsys.readouterr().err
     assert "--level dense" in err and "none, coco, demo, heavy" in err
+
+
+def test_a_nest_that_cannot_show_enough_ends_and_drops_its_back_objects(tmp_path, nests_only):
+    """With min_visible_fraction 1.0 no back object can show enough: growing it stops after a
+    few steps and the painter's rule leaves it out, so each image holds the front one alone."""
+    synth.generate({**nests_only, "num_val": 5, "min_visible_fraction": 1.0}, tmp_path / "set", progress=False)
+    gt = json.loads((tmp_path / "set" / "annotations" / "instances_val2017.json").read_text())
+    assert len(gt["images"]) == 5 and len(gt["annotations"]) == 5
