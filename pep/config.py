@@ -148,12 +148,14 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
         out.append(("data.root", f"a {data['source']} data set must lie outside {home}/, which DVC "
                                  f"caches; e.g. datasets/{profile} ({home}/ then holds only its manifest)"))
     synth = cfg["data"]["synth"]
-    level = synth["crowding_levels"].get(synth["crowding"])
-    if level is None:
+    level = synth["crowding_levels"].get(synth["crowding"], {})
+    if synth["crowding"] in synth["crowding_levels"]:
+        from pep.data.synth import crowding_settings
+
+        synth = crowding_settings(synth)  # the level's values are the ones that draw the set
+    else:
         out.append(("data.synth.crowding", f"{synth['crowding']!r} is not a key of data.synth.crowding_levels "
                                            f"({', '.join(synth['crowding_levels'])})"))
-        level = {}
-    synth = {**synth, **level}  # the level's values are the ones that draw the set
     for key in ("image_size", "crowds_per_image", "objects_per_crowd", "loners_per_image",
                 "object_size", "nests_per_image", "nest_depth", "nest_ratio", "nest_size"):
         low, high = synth[key]
