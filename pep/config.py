@@ -124,6 +124,15 @@ def validate_params(raw: dict) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+def crowding_settings(cfg: dict) -> dict:
+    """The synth section (`data.synth`) with its crowding level's settings (`crowding_levels[crowding]`) on top."""
+    levels = cfg["crowding_levels"]
+    if cfg["crowding"] not in levels:
+        raise PepError(f"data.synth.crowding: {cfg['crowding']!r} is not one of data.synth.crowding_levels "
+                       f"({', '.join(levels)})")
+    return {**cfg, **levels[cfg["crowding"]]}
+
+
 def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
     """Rules that tie several keys together, which JSON Schema cannot say."""
     out: list[tuple[str, str]] = []
@@ -150,8 +159,6 @@ def consistency_problems(cfg: dict) -> list[tuple[str, str]]:
     synth = cfg["data"]["synth"]
     level = synth["crowding_levels"].get(synth["crowding"], {})
     if synth["crowding"] in synth["crowding_levels"]:
-        from pep.data.synth import crowding_settings
-
         synth = crowding_settings(synth)  # the level's values are the ones that draw the set
     else:
         out.append(("data.synth.crowding", f"{synth['crowding']!r} is not a key of data.synth.crowding_levels "

@@ -40,6 +40,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from pep.config import crowding_settings, resolve_data_path
 from pep.errors import PepError
 
 DESCRIPTION = "PEP synthetic crowded shapes"
@@ -238,15 +239,6 @@ def _nest(rng: np.random.Generator, cfg: dict, make, width: int, height: int) ->
     return nest[::-1]
 
 
-def crowding_settings(cfg: dict) -> dict:
-    """The synth section with its crowding level's settings (`crowding_levels[crowding]`) on top."""
-    levels = cfg["crowding_levels"]
-    if cfg["crowding"] not in levels:
-        raise PepError(f"data.synth.crowding: {cfg['crowding']!r} is not one of data.synth.crowding_levels "
-                       f"({', '.join(levels)})")
-    return {**cfg, **levels[cfg["crowding"]]}
-
-
 def uncompressed_rle(mask: np.ndarray) -> dict:
     """COCO's uncompressed RLE (column-major run lengths, starting with a run of zeros)."""
     flat = np.asfortranarray(mask.astype(np.uint8)).reshape(-1, order="F")
@@ -401,8 +393,6 @@ def _check_replaceable(out: Path) -> None:
 
 def synth_command(cfg: dict, out: Path | None, progress: bool = True) -> int:
     """`pep data synth`: the set of the params' data.synth, into `out` (default: data.root)."""
-    from pep.config import resolve_data_path
-
     summary = generate(cfg["data"]["synth"], out or resolve_data_path(cfg, "root"), progress=progress)
     print(f"wrote {sum(summary['images'].values())} images and "
           f"{sum(summary['annotations'].values())} annotations to {summary['root']} "
