@@ -89,7 +89,7 @@ def test_shapes_and_dtypes_through_every_module(cfg, batch):
     originals = model.perceive.select_training(desc_maps, logits, level_targets)
     assert originals.kernels.shape[1] == D and (originals.gt_index >= 0).any()
     k = 2 * cfg["model"]["excavate"]["window_radius"] + 1
-    centre, cls, valid = model.excavate(grid_feats, originals)
+    centre, cls, valid, _ = model.excavate(grid_feats, originals)
     assert centre.shape == (len(originals), k, k) and cls.shape == (len(originals), C + 1, k, k)
     assert valid.dtype == torch.bool and valid[:, k // 2, k // 2].all()
     counts = torch.tensor([len(t["labels"]) for t in targets])
@@ -119,7 +119,7 @@ def test_excavating_head_equals_its_layers_as_convolutions_on_each_window(cfg):
                     cell_y=y, cell_x=x, labels=torch.zeros_like(b), scores=torch.rand(len(rows)),
                     gt_index=torch.full_like(b, -1), mined=torch.zeros(len(rows), dtype=torch.bool))
     with torch.no_grad():
-        centre, classes, valid = exc(context, d)
+        centre, classes, valid, _ = exc(context, d)
         expected_valid = torch.zeros(len(rows), k, k, dtype=torch.bool)
         windows = torch.zeros(len(rows), exc.window_proj.out_channels, k, k)
         for n, (bi, li, yi, xi) in enumerate(rows):
@@ -225,6 +225,38 @@ def test_excavating_targets_all_other_centres_or_only_hidden_ones(cfg, targets, 
     marked = [tuple(yx) for yx in torch.nonzero(target[0]).tolist()]  # window cells: centre + 3
     assert marked == sorted(expected)
     assert [int(key_gt[0, y, x]) for y, x in marked] == [1 if (y, x) == (1, 5) else 2 for y, x in marked]
+
+
+@pytest.mark.parametrize("inputs", ["coords", "coords_and_key_cell"])
+def test_a_mined_descriptor_reads_the_key_pixel_only_when_asked(cfg, inputs):
+    """One original at cell (4, 4) of an 8 x 8 grid mines window cell (0, 0), grid cell (3, 3).
+    Changing the context at (3, 3) changes the mined kernel with `coords_and_key_cell` and leaves
+    it as it was with `coords`; changing it at (5, 5), another cell of the window, never does."""
+    from pep.model.excavate import ObjectExcavating
+
+    torch.manual_seed(0)
+    one = lambda v, dtype=torch.int64: torch.tensor([v], dtype=dtype)  # noqa: E731
+    original = Descriptors(kernels=torch.randn(1, 8), image=one(0), level=one(0), cell_y=one(4), cell_x=one(4),
+                           labels=one(0), scores=one(0.9, torch.float32), gt_index=one(-1),
+                           mined=one(False, torch.bool))
+    excavating = ObjectExcavating(8, 8, 8, 1, [8], {**cfg["model"]["excavate"], "window_radius": 1,
+                                                    "descriptor_inputs": inputs}).eval()
+    torch.nn.init.normal_(excavating.make_descriptor[2].weight)  # past the exact copy it starts as
+
+    def mined_kernel(context):
+        features = excavating([context], original)[3]
+        zero = torch.zeros(1, dtype=torch.int64)
+        return excavating._mine(original, features, zero, zero, zero, labels=zero, scores=zero.float(),
+                                gt_index=zero - 1).kernels[0]
+
+    context = torch.randn(1, 8, 8, 8)
+    at_key, elsewhere = context.clone(), context.clone()
+    at_key[0, :, 3, 3] += 1
+    elsewhere[0, :, 5, 5] += 1
+    with torch.no_grad():
+        base = mined_kernel(context)
+        assert torch.equal(mined_kernel(elsewhere), base)
+        assert torch.equal(mined_kernel(at_key), base) == (inputs == "coords")
 
 
 def test_batched_targets_equal_one_image_at_a_time(cfg, batch):

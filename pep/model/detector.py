@@ -131,7 +131,7 @@ class PEP(nn.Module):
         out = [self._predict_image(descriptors.select(descriptors.image == b), feature, t, dedup, trace)
                for b, t in enumerate(targets)]
         if trace and self.excavate is not None and mine:
-            src, prob, _ = self.excavate.key_map(context, originals)
+            src, prob, _, _ = self.excavate.key_map(context, originals)
             for b, image_out in enumerate(out):
                 rows = src.image == b
                 image_out["trace"]["key_map"] = {"level": src.level[rows], "cell_y": src.cell_y[rows],

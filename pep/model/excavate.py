@@ -4,7 +4,12 @@ Each original descriptor looks at the (2r+1)^2 window of its level's grid featur
 cell and predicts (a) a map of the centres of *other* instances in that window (Eq. 3) and (b)
 a class at each such key pixel (Eq. 4). For every key pixel a new descriptor is made from the
 original one with the key pixel's coordinates appended and passed through a small MLP: the 1x1
-reading of the paper's "copy + CoordConv + conv".
+reading of the paper's "copy + CoordConv + conv". With `descriptor_inputs: coords_and_key_cell`
+the MLP also reads the excavating head's own features at the key pixel (what the window holds
+there). The paper's conv layers run over a map, so they see the key pixel's surroundings; the
+1x1 reading with coordinates alone never does. A hidden instance shares its cell with its
+neighbour, and the mechanism report measured that a descriptor built from the parent's kernel
+and coordinates alone matched only the hidden instances the originals already find.
 
 The window is read from the *semantic context* of perceiving (its category tower's output on
 the level's grid), which already says what lies where; each original descriptor adds a
@@ -52,8 +57,12 @@ class ObjectExcavating(nn.Module):
         self.hidden = nn.Sequential(*hidden)
         self.centre_out = nn.Conv2d(channels, 1, 1)
         self.class_out = nn.Conv2d(channels, num_classes + 1, 1)  # + background
-        # new descriptor = original + MLP([original, key pixel's absolute (x, y), relative (dx, dy)])
-        self.make_descriptor = nn.Sequential(nn.Linear(descriptor_dim + 4, descriptor_dim), nn.ReLU(inplace=True),
+        # new descriptor = original + MLP([original, key pixel's absolute (x, y), relative (dx, dy)
+        # (, the head's features at the key pixel)])
+        # (models saved before the setting existed read coordinates alone)
+        self.reads_key_cell = cfg.get("descriptor_inputs", "coords") == "coords_and_key_cell"
+        extra = channels if self.reads_key_cell else 0
+        self.make_descriptor = nn.Sequential(nn.Linear(descriptor_dim + 4 + extra, descriptor_dim), nn.ReLU(inplace=True),
                                              nn.Linear(descriptor_dim, descriptor_dim))
         init_conv_weights(self)
         nn.init.constant_(self.centre_out.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
@@ -68,7 +77,8 @@ class ObjectExcavating(nn.Module):
 
     def forward(self, context: list[torch.Tensor], originals: Descriptors):
         """context: perceiving's [(B, channels, S, S)] per level.
-        -> centre logits (N, K, K), class logits (N, C + 1, K, K), valid (N, K, K) bool."""
+        -> centre logits (N, K, K), class logits (N, C + 1, K, K), valid (N, K, K) bool, and the
+        head's last features per window cell (N, K*K, channels), which mined descriptors may read."""
         # the 1x1 projection commutes with cutting windows: run it once per grid, not per window
         windows, valid = self._windows([self.window_proj(c) for c in context], originals)  # (N, K*K, ch)
         # every later layer is 1x1 too: a matrix product over the N * K * K window cells, laid out
@@ -80,7 +90,7 @@ class ObjectExcavating(nn.Module):
         n, k = len(originals), 2 * self.radius + 1
         centre = _per_cell(self.centre_out, x).view(n, k, k)
         classes = _per_cell(self.class_out, x)  # (N, K*K, C + 1)
-        return centre, classes.transpose(1, 2).unflatten(2, (k, k)), valid
+        return centre, classes.transpose(1, 2).unflatten(2, (k, k)), valid, x
 
     def _windows(self, context: list[torch.Tensor], d: Descriptors):
         """Each descriptor's (2r+1)^2 window of its level's map, (N, K*K, channels), zero
@@ -109,7 +119,7 @@ class ObjectExcavating(nn.Module):
         if self.cfg["detach_inputs"]:  # excavating's losses stop at the category tower and the parent kernel
             context = [c.detach() for c in context]
             originals = dataclasses.replace(originals, kernels=originals.kernels.detach())
-        centre_logits, class_logits, valid = self(context, originals)
+        centre_logits, class_logits, valid, features = self(context, originals)
         target, key_gt = self._centre_targets(originals, level_targets, centre_logits.shape[-1])
         positive = target > 0
         if self.cfg["loss"] == "focal":
@@ -134,7 +144,7 @@ class ObjectExcavating(nn.Module):
         loss_class = F.cross_entropy(cls_logits.float(), cls_target, reduction="sum") \
             / mean_divisor(len(all_n), target.device) + class_logits.sum() * 0  # keeps the graph when empty
 
-        mined = self._mine(originals, all_n, all_y, all_x,
+        mined = self._mine(originals, features, all_n, all_y, all_x,
                            labels=torch.cat([key_label, torch.full_like(false_n, -1)]),
                            scores=torch.zeros(len(all_n), device=centre_logits.device),
                            gt_index=torch.cat([key_g, torch.full_like(false_n, -1)]))
@@ -190,21 +200,23 @@ class ObjectExcavating(nn.Module):
     @torch.no_grad()
     def key_map(self, context, originals: Descriptors):
         """The originals that excavate (the best `max_originals` per image), each one's centre
-        probability over its window (N, K, K: 0 outside the grid and on its own cell) and class
-        logits (N, C + 1, K, K). The mechanism report reads it at the hidden instances' centres."""
+        probability over its window (N, K, K: 0 outside the grid and on its own cell), class
+        logits (N, C + 1, K, K) and features (N, K*K, channels). The mechanism report reads the
+        probability at the hidden instances' centres."""
         src = originals.select(_top_per_image(originals.scores, originals.image, self.cfg["max_originals"]))
         if len(src) == 0:
             k = 2 * self.radius + 1
-            return src, context[0].new_zeros((0, k, k)), context[0].new_zeros((0, self.num_classes + 1, k, k))
-        centre_logits, class_logits, valid = self(context, src)
+            return (src, context[0].new_zeros((0, k, k)), context[0].new_zeros((0, self.num_classes + 1, k, k)),
+                    context[0].new_zeros((0, k * k, self.window_proj.out_channels)))
+        centre_logits, class_logits, valid, features = self(context, src)
         prob = centre_logits.sigmoid().masked_fill(~valid, 0)
         prob[:, self.radius, self.radius] = 0  # the original's own cell is its own instance
-        return src, prob, class_logits
+        return src, prob, class_logits, features
 
     @torch.no_grad()
     def mine(self, context, originals: Descriptors) -> Descriptors:
         """Predicted key pixels of the best `max_originals` originals per image."""
-        src, prob, class_logits = self.key_map(context, originals)
+        src, prob, class_logits, features = self.key_map(context, originals)
         if len(src) == 0:
             return Descriptors.empty(originals.kernels.shape[1], originals.kernels.device, originals.kernels.dtype)
         r, k = self.radius, prob.shape[-1]
@@ -224,17 +236,21 @@ class ObjectExcavating(nn.Module):
                                 _cell_keys(originals.image, originals.level, originals.cell_y,
                                            originals.cell_x, originals.labels, self.grids, self.num_classes))
             n, y, x, label, score = n[fresh], y[fresh], x[fresh], label[fresh], score[fresh]
-        return self._mine(src, n, y, x, labels=label, scores=score, gt_index=torch.full_like(n, -1))
+        return self._mine(src, features, n, y, x, labels=label, scores=score, gt_index=torch.full_like(n, -1))
 
-    def _mine(self, src: Descriptors, n, y, x, labels, scores, gt_index) -> Descriptors:
-        """New descriptors at window cells (y, x) of originals n."""
+    def _mine(self, src: Descriptors, features, n, y, x, labels, scores, gt_index) -> Descriptors:
+        """New descriptors at window cells (y, x) of originals n (`features`: the head's, per
+        window cell, as `forward` returns them)."""
         r = self.radius
         dy, dx = y - r, x - r
         cell_y, cell_x = src.cell_y[n] + dy, src.cell_x[n] + dx
         size = torch.tensor(self.grids, device=n.device, dtype=torch.float32)[src.level[n]]
         absolute = torch.stack([cell_x / (size - 1).clamp(min=1), cell_y / (size - 1).clamp(min=1)], 1) * 2 - 1
         relative = torch.stack([dx, dy], 1).float() / r
-        inputs = torch.cat([src.kernels[n], absolute.to(src.kernels.dtype), relative.to(src.kernels.dtype)], 1)
+        parts = [src.kernels[n], absolute.to(src.kernels.dtype), relative.to(src.kernels.dtype)]
+        if self.reads_key_cell:
+            parts.append(features[n, y * (2 * r + 1) + x].to(src.kernels.dtype))
+        inputs = torch.cat(parts, 1)
         kernels = src.kernels[n] + self.make_descriptor(inputs)
         return Descriptors(kernels=kernels, image=src.image[n], level=src.level[n],
                            cell_y=cell_y, cell_x=cell_x, labels=labels, scores=scores, gt_index=gt_index,
