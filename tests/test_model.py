@@ -227,11 +227,14 @@ def test_excavating_targets_all_other_centres_or_only_hidden_ones(cfg, targets, 
     assert [int(key_gt[0, y, x]) for y, x in marked] == [1 if (y, x) == (1, 5) else 2 for y, x in marked]
 
 
-@pytest.mark.parametrize("inputs", ["coords", "coords_and_key_cell"])
-def test_a_mined_descriptor_reads_the_key_pixel_only_when_asked(cfg, inputs):
+@pytest.mark.parametrize("inputs, reads_key, reads_window", [("coords", False, False),
+                                                             ("coords_and_key_cell", True, False),
+                                                             ("coords_and_window", True, True)])
+def test_a_mined_descriptor_reads_the_key_pixel_or_window_only_when_asked(cfg, inputs, reads_key, reads_window):
     """One original at cell (4, 4) of an 8 x 8 grid mines window cell (0, 0), grid cell (3, 3).
-    Changing the context at (3, 3) changes the mined kernel with `coords_and_key_cell` and leaves
-    it as it was with `coords`; changing it at (5, 5), another cell of the window, never does."""
+    Changing the context at (3, 3) changes the mined kernel with `coords_and_key_cell` and
+    `coords_and_window`, and leaves it as it was with `coords`; changing it at (5, 5), another
+    cell of the window, only with `coords_and_window`; at (7, 7), outside the window, never."""
     from pep.model.excavate import ObjectExcavating
 
     torch.manual_seed(0)
@@ -246,17 +249,44 @@ def test_a_mined_descriptor_reads_the_key_pixel_only_when_asked(cfg, inputs):
     def mined_kernel(context):
         features = excavating([context], original)[3]
         zero = torch.zeros(1, dtype=torch.int64)
-        return excavating._mine(original, features, zero, zero, zero, labels=zero, scores=zero.float(),
+        return excavating._mine(original, features, None, zero, zero, zero, labels=zero, scores=zero.float(),
                                 gt_index=zero - 1).kernels[0]
 
     context = torch.randn(1, 8, 8, 8)
-    at_key, elsewhere = context.clone(), context.clone()
+    at_key, in_window, outside = context.clone(), context.clone(), context.clone()
     at_key[0, :, 3, 3] += 1
-    elsewhere[0, :, 5, 5] += 1
+    in_window[0, :, 5, 5] += 1
+    outside[0, :, 7, 7] += 1
     with torch.no_grad():
         base = mined_kernel(context)
-        assert torch.equal(mined_kernel(elsewhere), base)
-        assert torch.equal(mined_kernel(at_key), base) == (inputs == "coords")
+        changes = lambda changed_context: not torch.equal(mined_kernel(changed_context), base)  # noqa: E731
+        assert not changes(outside)
+        assert changes(at_key) == reads_key and changes(in_window) == reads_window
+
+
+def test_the_uncovered_mean_pools_the_parents_window_outside_its_mask(cfg):
+    """A 4 x 4 grid over an 8 x 8 general feature (2 pixels a cell). The parent sits at cell
+    (1, 1), so its radius-1 window covers pixels 0-5 on both axes. Its kernel reads channel 0,
+    +20 on pixels (0-1, 0-1), its mask, and -20 elsewhere; channel 1 holds y * 8 + x. The pooled
+    feature is the mean over the window's 32 pixels outside the mask."""
+    from pep.model.excavate import ObjectExcavating
+
+    feature = torch.full((1, 2, 8, 8), -20.0)
+    feature[0, 0, :2, :2] = 20
+    feature[0, 1] = torch.arange(64, dtype=torch.float32).view(8, 8)
+    one = lambda v, dtype=torch.int64: torch.tensor([v], dtype=dtype)  # noqa: E731
+    parent = Descriptors(kernels=torch.tensor([[1.0, 0.0]]), image=one(0), level=one(0), cell_y=one(1),
+                         cell_x=one(1), labels=one(0), scores=one(0.9, torch.float32), gt_index=one(-1),
+                         mined=one(False, torch.bool))
+    excavating = ObjectExcavating(8, 2, 8, 1, [4], {**cfg["model"]["excavate"], "window_radius": 1,
+                                                    "descriptor_inputs": "coords_and_uncovered"})
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[6:, :] = outside[:, 6:] = False
+    outside[:2, :2] = False
+    expected = torch.tensor([-20.0, float(feature[0, 1][outside].mean())])
+    pooled = excavating._uncovered_mean(parent, feature, torch.zeros(2, dtype=torch.int64))
+    assert int(outside.sum()) == 32
+    assert torch.allclose(pooled, expected.expand(2, 2), atol=1e-4)
 
 
 def test_batched_targets_equal_one_image_at_a_time(cfg, batch):

@@ -80,7 +80,8 @@ class PEP(nn.Module):
         if self.excavate is not None:
             with scope("excavating"):
                 mined, loss_centre, loss_class = self.excavate.training_step(
-                    context, originals, level_targets, torch.cat([t["labels"] for t in targets]), gt_offsets)
+                    context, originals, level_targets, torch.cat([t["labels"] for t in targets]), gt_offsets,
+                    feature)
             parts.append(mined)
             losses["loss_exc"] = self.cfg["excavate"]["loss_weight"] * loss_centre
             losses["loss_exc_cls"] = self.cfg["excavate"]["cls_loss_weight"] * loss_class
@@ -123,7 +124,7 @@ class PEP(nn.Module):
         parts = [originals]
         if self.excavate is not None and mine and len(originals):
             with scope("excavating"):
-                parts.append(self.excavate.mine(context, originals))
+                parts.append(self.excavate.mine(context, originals, feature))
         descriptors = Descriptors.cat(parts)
         dedup = dedup or self.variant_cfg["dedup"]
         if dedup == "purify_merge" and self.purify is None:

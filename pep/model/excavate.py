@@ -6,7 +6,10 @@ a class at each such key pixel (Eq. 4). For every key pixel a new descriptor is 
 original one with the key pixel's coordinates appended and passed through a small MLP: the 1x1
 reading of the paper's "copy + CoordConv + conv". With `descriptor_inputs: coords_and_key_cell`
 the MLP also reads the excavating head's own features at the key pixel (what the window holds
-there). The paper's conv layers run over a map, so they see the key pixel's surroundings; the
+there); `coords_and_window` adds each feature channel's maximum over the window, since a hidden
+instance's centre is covered by the object in front of it and what shows of it lies elsewhere;
+`coords_and_uncovered` adds the mean of the general (mask) feature over the window's pixels that
+the parent's own mask leaves uncovered: a prototype of what shows around the parent. The paper's conv layers run over a map, so they see the key pixel's surroundings; the
 1x1 reading with coordinates alone never does. A hidden instance shares its cell with its
 neighbour, and the mechanism report measured that a descriptor built from the parent's kernel
 and coordinates alone matched only the hidden instances the originals already find.
@@ -60,8 +63,12 @@ class ObjectExcavating(nn.Module):
         # new descriptor = original + MLP([original, key pixel's absolute (x, y), relative (dx, dy)
         # (, the head's features at the key pixel)])
         # (models saved before the setting existed read coordinates alone)
-        self.reads_key_cell = cfg.get("descriptor_inputs", "coords") == "coords_and_key_cell"
-        extra = channels if self.reads_key_cell else 0
+        inputs = cfg.get("descriptor_inputs", "coords")
+        self.reads_key_cell = inputs in ("coords_and_key_cell", "coords_and_window")
+        self.reads_window = inputs == "coords_and_window"
+        self.reads_uncovered = inputs == "coords_and_uncovered"
+        extra = channels * (int(self.reads_key_cell) + int(self.reads_window)) \
+            + descriptor_dim * int(self.reads_uncovered)
         self.make_descriptor = nn.Sequential(nn.Linear(descriptor_dim + 4 + extra, descriptor_dim), nn.ReLU(inplace=True),
                                              nn.Linear(descriptor_dim, descriptor_dim))
         init_conv_weights(self)
@@ -90,6 +97,7 @@ class ObjectExcavating(nn.Module):
         n, k = len(originals), 2 * self.radius + 1
         centre = _per_cell(self.centre_out, x).view(n, k, k)
         classes = _per_cell(self.class_out, x)  # (N, K*K, C + 1)
+        x = x * valid.view(n, k * k, 1)  # cells outside the grid hold nothing a descriptor may read
         return centre, classes.transpose(1, 2).unflatten(2, (k, k)), valid, x
 
     def _windows(self, context: list[torch.Tensor], d: Descriptors):
@@ -113,7 +121,7 @@ class ObjectExcavating(nn.Module):
     # --- training ---
 
     def training_step(self, context, originals: Descriptors, level_targets: list[LevelTargets],
-                      gt_labels: torch.Tensor, gt_offsets: torch.Tensor):
+                      gt_labels: torch.Tensor, gt_offsets: torch.Tensor, feature: torch.Tensor | None = None):
         """Losses (centre map, key-pixel class) and the mined descriptors (teacher forcing).
         `gt_labels` are all images' instance labels concatenated, image b's from `gt_offsets[b]`."""
         if self.cfg["detach_inputs"]:  # excavating's losses stop at the category tower and the parent kernel
@@ -144,7 +152,7 @@ class ObjectExcavating(nn.Module):
         loss_class = F.cross_entropy(cls_logits.float(), cls_target, reduction="sum") \
             / mean_divisor(len(all_n), target.device) + class_logits.sum() * 0  # keeps the graph when empty
 
-        mined = self._mine(originals, features, all_n, all_y, all_x,
+        mined = self._mine(originals, features, feature, all_n, all_y, all_x,
                            labels=torch.cat([key_label, torch.full_like(false_n, -1)]),
                            scores=torch.zeros(len(all_n), device=centre_logits.device),
                            gt_index=torch.cat([key_g, torch.full_like(false_n, -1)]))
@@ -214,7 +222,7 @@ class ObjectExcavating(nn.Module):
         return src, prob, class_logits, features
 
     @torch.no_grad()
-    def mine(self, context, originals: Descriptors) -> Descriptors:
+    def mine(self, context, originals: Descriptors, feature: torch.Tensor | None = None) -> Descriptors:
         """Predicted key pixels of the best `max_originals` originals per image."""
         src, prob, class_logits, features = self.key_map(context, originals)
         if len(src) == 0:
@@ -236,11 +244,11 @@ class ObjectExcavating(nn.Module):
                                 _cell_keys(originals.image, originals.level, originals.cell_y,
                                            originals.cell_x, originals.labels, self.grids, self.num_classes))
             n, y, x, label, score = n[fresh], y[fresh], x[fresh], label[fresh], score[fresh]
-        return self._mine(src, features, n, y, x, labels=label, scores=score, gt_index=torch.full_like(n, -1))
+        return self._mine(src, features, feature, n, y, x, labels=label, scores=score, gt_index=torch.full_like(n, -1))
 
-    def _mine(self, src: Descriptors, features, n, y, x, labels, scores, gt_index) -> Descriptors:
+    def _mine(self, src: Descriptors, features, feature, n, y, x, labels, scores, gt_index) -> Descriptors:
         """New descriptors at window cells (y, x) of originals n (`features`: the head's, per
-        window cell, as `forward` returns them)."""
+        window cell, as `forward` returns them; `feature`: the general feature, B x D x h x w)."""
         r = self.radius
         dy, dx = y - r, x - r
         cell_y, cell_x = src.cell_y[n] + dy, src.cell_x[n] + dx
@@ -250,11 +258,39 @@ class ObjectExcavating(nn.Module):
         parts = [src.kernels[n], absolute.to(src.kernels.dtype), relative.to(src.kernels.dtype)]
         if self.reads_key_cell:
             parts.append(features[n, y * (2 * r + 1) + x].to(src.kernels.dtype))
+        if self.reads_window:  # the strongest response of each channel over the whole window
+            parts.append(features[n].amax(1).to(src.kernels.dtype))
+        if self.reads_uncovered:
+            parts.append(self._uncovered_mean(src, feature, n).to(src.kernels.dtype))
         inputs = torch.cat(parts, 1)
         kernels = src.kernels[n] + self.make_descriptor(inputs)
         return Descriptors(kernels=kernels, image=src.image[n], level=src.level[n],
                            cell_y=cell_y, cell_x=cell_x, labels=labels, scores=scores, gt_index=gt_index,
                            mined=torch.ones(len(n), dtype=torch.bool, device=n.device))
+
+
+    def _uncovered_mean(self, src: Descriptors, feature: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """Per mined row, the general feature's mean over the pixels of its parent's window,
+        each weighted by 1 - the parent's mask probability there (M, D). Neither the parent's
+        mask nor the feature is trained through it: the mask branch learns as in baseline."""
+        feature = feature.detach().float()
+        out = feature.new_zeros((len(n), feature.shape[1]))
+        h, w = feature.shape[-2:]
+        size = torch.tensor(self.grids, device=n.device)[src.level]  # (N,) each original's grid
+        for b in src.image[n].unique().tolist():
+            parents = torch.unique(n[src.image[n] == b])
+            f = feature[b].flatten(1)  # (D, h*w)
+            uncovered = 1 - (src.kernels[parents].detach().float() @ f).sigmoid()  # (P, h*w)
+            s = size[parents][:, None]
+            cell_y = torch.arange(h, device=n.device)[None] * s // h  # (P, h): each pixel row's cell
+            cell_x = torch.arange(w, device=n.device)[None] * s // w
+            in_y = (cell_y - src.cell_y[parents][:, None]).abs() <= self.radius
+            in_x = (cell_x - src.cell_x[parents][:, None]).abs() <= self.radius
+            weight = uncovered * (in_y[:, :, None] & in_x[:, None, :]).flatten(1)
+            pooled = (weight @ f.T) / weight.sum(1, keepdim=True).clamp(min=1e-6)  # (P, D)
+            rows = torch.nonzero(src.image[n] == b).squeeze(1)
+            out[rows] = pooled[torch.searchsorted(parents, n[rows])].to(out.dtype)
+        return out
 
 
 def _per_cell(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
