@@ -4,15 +4,14 @@ Each original descriptor looks at the (2r+1)^2 window of its level's grid featur
 cell and predicts (a) a map of the centres of *other* instances in that window (Eq. 3) and (b)
 a class at each such key pixel (Eq. 4). For every key pixel a new descriptor is made from the
 original one with the key pixel's coordinates appended and passed through a small MLP: the 1x1
-reading of the paper's "copy + CoordConv + conv". With `descriptor_inputs: coords_and_key_cell`
-the MLP also reads the excavating head's own features at the key pixel (what the window holds
-there); `coords_and_window` adds each feature channel's maximum over the window, since a hidden
-instance's centre is covered by the object in front of it and what shows of it lies elsewhere;
-`coords_and_uncovered` adds the mean of the general (mask) feature over the window's pixels that
-the parent's own mask leaves uncovered: a prototype of what shows around the parent. The paper's conv layers run over a map, so they see the key pixel's surroundings; the
-1x1 reading with coordinates alone never does. A hidden instance shares its cell with its
-neighbour, and the mechanism report measured that a descriptor built from the parent's kernel
-and coordinates alone matched only the hidden instances the originals already find.
+reading of the paper's "copy + CoordConv + conv". The paper's conv layers run over a map, so
+they see the key pixel's surroundings; the 1x1 reading with coordinates alone never does, and
+the mechanism report measured that such descriptors match only the hidden instances the
+originals already find. So `descriptor_inputs` may add: the excavating head's own features at
+the key pixel (`coords_and_key_cell`); those and each channel's maximum over the window
+(`coords_and_window`: a hidden instance's centre is covered by the object in front of it, and
+what shows of it lies elsewhere); or the general (mask) feature's mean over the window's pixels
+that the parent's own mask leaves uncovered (`coords_and_uncovered`).
 
 The window is read from the *semantic context* of perceiving (its category tower's output on
 the level's grid), which already says what lies where; each original descriptor adds a
@@ -60,9 +59,8 @@ class ObjectExcavating(nn.Module):
         self.hidden = nn.Sequential(*hidden)
         self.centre_out = nn.Conv2d(channels, 1, 1)
         self.class_out = nn.Conv2d(channels, num_classes + 1, 1)  # + background
-        # new descriptor = original + MLP([original, key pixel's absolute (x, y), relative (dx, dy)
-        # (, the head's features at the key pixel)])
-        # (models saved before the setting existed read coordinates alone)
+        # new descriptor = original + MLP([original, key pixel's absolute (x, y), relative (dx, dy),
+        # what descriptor_inputs adds]); models saved before the setting existed read coordinates alone
         inputs = cfg.get("descriptor_inputs", "coords")
         self.reads_key_cell = inputs in ("coords_and_key_cell", "coords_and_window")
         self.reads_window = inputs == "coords_and_window"
@@ -97,7 +95,8 @@ class ObjectExcavating(nn.Module):
         n, k = len(originals), 2 * self.radius + 1
         centre = _per_cell(self.centre_out, x).view(n, k, k)
         classes = _per_cell(self.class_out, x)  # (N, K*K, C + 1)
-        x = x * valid.view(n, k * k, 1)  # cells outside the grid hold nothing a descriptor may read
+        if self.reads_window:  # cells outside the grid hold nothing the window's maximum may read
+            x = x * valid.view(n, k * k, 1)
         return centre, classes.transpose(1, 2).unflatten(2, (k, k)), valid, x
 
     def _windows(self, context: list[torch.Tensor], d: Descriptors):
@@ -267,7 +266,6 @@ class ObjectExcavating(nn.Module):
         return Descriptors(kernels=kernels, image=src.image[n], level=src.level[n],
                            cell_y=cell_y, cell_x=cell_x, labels=labels, scores=scores, gt_index=gt_index,
                            mined=torch.ones(len(n), dtype=torch.bool, device=n.device))
-
 
     def _uncovered_mean(self, src: Descriptors, feature: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         """Per mined row, the general feature's mean over the pixels of its parent's window,
